@@ -1,0 +1,267 @@
+//! Reading a sentence-transformers model directory: which files it must hold and
+//! what its JSON files say about the encoder, pooling, normalisation and length.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{join, Error, ErrorKind, Result};
+use crate::pooling::Pooling;
+
+/// The subset of Hugging Face's `config.json` that an XLM-R encoder needs.
+/// Field names are HF's own, so the file deserialises as it is.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EncoderConfig {
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    #[serde(default = "one")]
+    pub type_vocab_size: usize,
+    #[serde(default = "one_u32")]
+    pub pad_token_id: u32,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "absolute")]
+    pub position_embedding_type: String,
+}
+
+fn one() -> usize {
+    1
+}
+fn one_u32() -> u32 {
+    1
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn absolute() -> String {
+    "absolute".into()
+}
+
+/// The activation named by `hidden_act`. HF's "gelu" is the exact erf form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    GeluErf,
+    GeluTanh,
+}
+
+impl EncoderConfig {
+    pub fn activation(&self) -> Option<Activation> {
+        match self.hidden_act.as_str() {
+            "gelu" => Some(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Activation::GeluTanh),
+            _ => None,
+        }
+    }
+
+    /// Tokens the position table allows: XLM-R positions start at pad + 1, so 514
+    /// positions leave 512 usable tokens.
+    pub fn max_tokens(&self) -> usize {
+        self.max_position_embeddings
+            .saturating_sub(self.pad_token_id as usize + 1)
+    }
+}
+
+/// Everything koe5 needs to know about a model directory before loading weights.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub dir: PathBuf,
+    pub encoder: EncoderConfig,
+    pub activation: Activation,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    /// Tokens per input after truncation, special tokens included.
+    pub max_tokens: usize,
+    pub do_lower_case: bool,
+    pub weights: PathBuf,
+    pub tokenizer: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct ModuleEntry {
+    #[serde(default)]
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize, Default)]
+struct SentenceConfig {
+    max_seq_length: Option<usize>,
+    #[serde(default)]
+    do_lower_case: bool,
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::config(path, e))
+}
+
+fn require_file(path: &Path) -> Result<()> {
+    match fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(Error::new(
+            ErrorKind::MissingFile,
+            format!("\"{}\" is not a regular file", path.display()),
+        )),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// A module entry may only name a subdirectory of the model directory: a path in a
+/// JSON file must never make the server read files elsewhere.
+fn module_dir(dir: &Path, modules_json: &Path, rel: &str) -> Result<PathBuf> {
+    let rel_path = Path::new(rel);
+    let safe = rel_path
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !safe {
+        return Err(Error::config(
+            modules_json,
+            format!("module path \"{rel}\" leaves the model directory"),
+        ));
+    }
+    Ok(dir.join(rel_path))
+}
+
+impl ModelSpec {
+    /// Reads and checks the JSON files of `dir`. Cheap: no weights are touched.
+    pub fn read(dir: &Path) -> Result<ModelSpec> {
+        match fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::new(
+                    ErrorKind::MissingFile,
+                    format!("model path \"{}\" is not a directory", dir.display()),
+                ))
+            }
+            Err(_) => return Err(Error::missing("model directory", dir)),
+        }
+
+        let config_path = join(dir, "config.json");
+        require_file(&config_path)?;
+        let raw: serde_json::Value = read_json(&config_path)?;
+        let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        if model_type != "xlm-roberta" {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("unsupported model type \"{model_type}\" in \"{}\"", config_path.display()),
+            )
+            .with_detail("koe5 runs XLM-RoBERTa encoders (model_type \"xlm-roberta\") such as KoE5 and multilingual-e5."));
+        }
+        let encoder: EncoderConfig =
+            serde_json::from_value(raw).map_err(|e| Error::config(&config_path, e))?;
+        let activation = encoder.activation().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "unsupported activation \"{}\" in \"{}\"",
+                    encoder.hidden_act,
+                    config_path.display()
+                ),
+            )
+        })?;
+        if encoder.position_embedding_type != "absolute" {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "unsupported position embedding type \"{}\" in \"{}\"",
+                    encoder.position_embedding_type,
+                    config_path.display()
+                ),
+            ));
+        }
+        if encoder.num_attention_heads == 0
+            || encoder.hidden_size % encoder.num_attention_heads != 0
+        {
+            return Err(Error::config(
+                &config_path,
+                "hidden_size is not a multiple of num_attention_heads",
+            ));
+        }
+        if encoder.max_tokens() < 3 {
+            return Err(Error::config(
+                &config_path,
+                "max_position_embeddings is too small",
+            ));
+        }
+
+        // modules.json decides pooling and normalisation; without it, sentence-transformers
+        // itself falls back to mean pooling over a plain transformer.
+        let modules_path = join(dir, "modules.json");
+        let (pooling, normalize) = if modules_path.exists() {
+            let modules: Vec<ModuleEntry> = read_json(&modules_path)?;
+            let mut pooling = None;
+            let mut normalize = false;
+            for m in &modules {
+                let kind = m.kind.rsplit('.').next().unwrap_or(&m.kind);
+                match kind {
+                    "Transformer" => {}
+                    "Pooling" => {
+                        let pdir = module_dir(dir, &modules_path, &m.path)?;
+                        let pconf = join(&pdir, "config.json");
+                        require_file(&pconf)?;
+                        let value: serde_json::Value = read_json(&pconf)?;
+                        pooling = Some(Pooling::from_config(&value, &pconf)?);
+                    }
+                    "Normalize" => normalize = true,
+                    other => {
+                        return Err(Error::new(
+                            ErrorKind::Unsupported,
+                            format!(
+                                "unsupported module \"{other}\" in \"{}\"",
+                                modules_path.display()
+                            ),
+                        )
+                        .with_detail("koe5 runs Transformer, Pooling and Normalize modules."))
+                    }
+                }
+            }
+            (pooling.unwrap_or(Pooling::Mean), normalize)
+        } else {
+            (Pooling::Mean, false)
+        };
+
+        let sbert_path = join(dir, "sentence_bert_config.json");
+        let sbert: SentenceConfig = if sbert_path.exists() {
+            read_json(&sbert_path)?
+        } else {
+            SentenceConfig::default()
+        };
+        let cap = encoder.max_tokens();
+        let max_tokens = sbert.max_seq_length.unwrap_or(cap).min(cap);
+        if max_tokens < 3 {
+            return Err(Error::config(
+                &sbert_path,
+                "max_seq_length must be at least 3",
+            ));
+        }
+
+        let weights = join(dir, "model.safetensors");
+        require_file(&weights)?;
+        let tokenizer = join(dir, "tokenizer.json");
+        require_file(&tokenizer)?;
+
+        Ok(ModelSpec {
+            dir: dir.to_path_buf(),
+            encoder,
+            activation,
+            pooling,
+            normalize,
+            max_tokens,
+            do_lower_case: sbert.do_lower_case,
+            weights,
+            tokenizer,
+        })
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.encoder.hidden_size
+    }
+}

@@ -1,0 +1,216 @@
+//! koe5-core: KoE5 (and other XLM-R sentence-transformers models) on the CPU, with no
+//! PostgreSQL in sight. Text → tokens → encoder → pooling → normalisation, in batches
+//! under a token budget. The PostgreSQL extension is a thin layer over [`Embedder`].
+
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod model;
+pub mod pooling;
+pub mod tokenize;
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+pub use config::ModelSpec;
+pub use error::{Error, ErrorKind, Result};
+pub use pooling::Pooling;
+pub use tokenize::{Kind, TextTokenizer};
+
+/// Padded tokens per forward pass. Attention scores of one batch take
+/// `heads × budget × longest × 4` bytes: 128 MiB for KoE5 at 512-token inputs.
+pub const DEFAULT_TOKEN_BUDGET: usize = 4096;
+/// Inputs per forward pass at most.
+pub const DEFAULT_MAX_BATCH: usize = 32;
+
+/// A loaded model: tokenizer, encoder weights, pooling.
+pub struct Embedder {
+    pub spec: ModelSpec,
+    tokenizer: TextTokenizer,
+    encoder: model::Encoder,
+    pub load_time: Duration,
+}
+
+impl Embedder {
+    /// Loads the sentence-transformers model in `dir`. The weights file is
+    /// memory-mapped while the tensors are built, then released.
+    pub fn load(dir: &Path) -> Result<Embedder> {
+        let start = Instant::now();
+        let spec = ModelSpec::read(dir)?;
+        let tokenizer =
+            TextTokenizer::from_file(&spec.tokenizer, spec.max_tokens, spec.do_lower_case)?;
+        let device = Device::Cpu;
+        let encoder = {
+            // SAFETY: the mapping lives only while the tensors are copied out of it;
+            // candle checks the header against the file size before reading.
+            let vb = unsafe {
+                VarBuilder::from_mmaped_safetensors(&[&spec.weights], DType::F32, &device)
+            }
+            .map_err(|e| Error::weights(&spec.weights, e))?;
+            model::Encoder::new(&spec.encoder, spec.activation, vb)
+                .map_err(|e| Error::weights(&spec.weights, e))?
+        };
+        Ok(Embedder {
+            spec,
+            tokenizer,
+            encoder,
+            load_time: start.elapsed(),
+        })
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.encoder.hidden_size()
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// The token ids the model sees for `text` (prefixed, truncated).
+    pub fn tokenize(&self, kind: Kind, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode(kind, text)
+    }
+
+    /// Tokens of the prefixed text before truncation, special tokens included.
+    pub fn token_count(&self, kind: Kind, text: &str) -> Result<usize> {
+        self.tokenizer.count(kind, text)
+    }
+
+    pub fn embed_one(
+        &self,
+        kind: Kind,
+        text: &str,
+        interrupt: &mut dyn FnMut(),
+    ) -> Result<Vec<f32>> {
+        let ids = self.tokenize(kind, text)?;
+        Ok(self
+            .embed_ids(&[ids], interrupt)?
+            .pop()
+            .expect("one input gives one vector"))
+    }
+
+    /// Embeds `texts` in padded batches under the default token budget. Results are
+    /// in input order. `interrupt` runs between tokenizations and between layers.
+    pub fn embed_many(
+        &self,
+        kind: Kind,
+        texts: &[&str],
+        interrupt: &mut dyn FnMut(),
+    ) -> Result<Vec<Vec<f32>>> {
+        self.embed_many_with(
+            kind,
+            texts,
+            DEFAULT_TOKEN_BUDGET,
+            DEFAULT_MAX_BATCH,
+            interrupt,
+        )
+    }
+
+    pub fn embed_many_with(
+        &self,
+        kind: Kind,
+        texts: &[&str],
+        token_budget: usize,
+        max_batch: usize,
+        interrupt: &mut dyn FnMut(),
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut seqs = Vec::with_capacity(texts.len());
+        for t in texts {
+            interrupt();
+            seqs.push(self.tokenize(kind, t)?);
+        }
+        let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+        for group in batch::plan(&lens, token_budget, max_batch) {
+            let batch_seqs: Vec<Vec<u32>> = group
+                .iter()
+                .map(|&i| std::mem::take(&mut seqs[i]))
+                .collect();
+            let vectors = self.embed_ids(&batch_seqs, interrupt)?;
+            for (i, v) in group.into_iter().zip(vectors) {
+                out[i] = Some(v);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|v| v.expect("every input is in one batch"))
+            .collect())
+    }
+
+    /// One forward pass over token sequences, padded to the longest.
+    pub fn embed_ids(
+        &self,
+        seqs: &[Vec<u32>],
+        interrupt: &mut dyn FnMut(),
+    ) -> Result<Vec<Vec<f32>>> {
+        let width = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        if width == 0 {
+            return Ok(vec![]);
+        }
+        let pad = self.spec.encoder.pad_token_id;
+        let mut ids = Vec::with_capacity(seqs.len() * width);
+        for s in seqs {
+            ids.extend_from_slice(s);
+            ids.extend(std::iter::repeat(pad).take(width - s.len()));
+        }
+        let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        let hidden = self
+            .encoder
+            .forward(&ids, &lens, width, interrupt)
+            .map_err(Error::inference)?;
+        let dim = self.dimension();
+        Ok(lens
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let rows = &hidden[i * width * dim..(i * width + len) * dim];
+                let mut v = self.spec.pooling.pool(rows, len, dim);
+                if self.spec.normalize {
+                    pooling::normalize(&mut v);
+                }
+                v
+            })
+            .collect())
+    }
+}
+
+/// SHA-256 of a file, hex-encoded, read in 1 MiB pieces.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Cosine similarity of two vectors of equal length; `None` when either is all zeros.
+pub fn cosine(a: &[f32], b: &[f32]) -> Option<f32> {
+    debug_assert_eq!(a.len(), b.len());
+    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (*x as f64, *y as f64);
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        return None;
+    }
+    Some((dot / (na.sqrt() * nb.sqrt())) as f32)
+}

@@ -1,0 +1,314 @@
+//! Text → token ids, exactly as sentence-transformers prepares them: prefix, Python's
+//! `str.strip()`, optional lower-casing, the model's tokenizer.json, then truncation to
+//! the model's maximum with `<s>` … `</s>` around the content.
+//!
+//! Long inputs are not tokenized whole. Truncation keeps only the first few hundred
+//! tokens, so we tokenize a prefix of the text that ends at a word boundary and grow it
+//! only while it holds too few tokens. The XLM-R pipeline (a per-grapheme character map,
+//! collapse of space runs, split at spaces, unigram per word) is local to words, so the
+//! tokens of a prefix cut at a plain space are the first tokens of the whole text. This
+//! keeps memory bounded for megabyte inputs; tests check it against the reference on
+//! texts far over the limit.
+
+use std::path::Path;
+
+use tokenizers::Tokenizer;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Which E5 prompt an input gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Query,
+    Passage,
+}
+
+impl Kind {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Kind::Query => "query: ",
+            Kind::Passage => "passage: ",
+        }
+    }
+}
+
+/// First prefix length tried for long inputs. 510 tokens of Korean or English text
+/// take 1.5–3 KiB, so one step is nearly always enough.
+const FIRST_WINDOW: usize = 16 * 1024;
+/// Texts are counted in pieces of about this many bytes.
+const COUNT_SEGMENT: usize = 64 * 1024;
+
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    bos: u32,
+    eos: u32,
+    max_tokens: usize,
+    lower_case: bool,
+}
+
+/// Python's `str.isspace()`: Unicode White_Space plus the four information separators
+/// U+001C–U+001F, which Python counts as whitespace and Rust does not.
+fn is_py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// A character that never joins a neighbouring space into one grapheme or one
+/// normalisation unit: ASCII letters and digits, Hangul syllables, CJK ideographs.
+fn is_plain(c: char) -> bool {
+    c.is_ascii_alphanumeric()
+        || ('\u{ac00}'..='\u{d7a3}').contains(&c)
+        || ('\u{4e00}'..='\u{9fff}').contains(&c)
+}
+
+/// The largest byte index `i <= limit` (and `> limit / 2`) where `s[i]` is a plain space
+/// between two plain characters, so `s[..i]` ends at a word boundary.
+fn word_cut(s: &str, limit: usize) -> Option<usize> {
+    let bytes = s.as_bytes();
+    let mut i = limit.min(bytes.len().saturating_sub(1));
+    let floor = limit / 2;
+    while i > floor {
+        if bytes[i] == b' ' {
+            let before = s[..i].chars().next_back();
+            let after = s[i + 1..].chars().next();
+            if let (Some(b), Some(a)) = (before, after) {
+                if is_plain(b) && is_plain(a) {
+                    return Some(i);
+                }
+            }
+        }
+        i -= 1;
+    }
+    None
+}
+
+impl TextTokenizer {
+    pub fn from_file(path: &Path, max_tokens: usize, lower_case: bool) -> Result<TextTokenizer> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("invalid tokenizer file \"{}\": {e}", path.display()),
+            )
+        })?;
+        inner
+            .with_truncation(None)
+            .map_err(|e| Error::config(path, e))?;
+        inner.with_padding(None);
+
+        // Learn the special tokens the post-processor wraps a single text in.
+        let probe = "a";
+        let with = inner
+            .encode_fast(probe, true)
+            .map_err(|e| Error::config(path, e))?;
+        let without = inner
+            .encode_fast(probe, false)
+            .map_err(|e| Error::config(path, e))?;
+        let (w, wo) = (with.get_ids(), without.get_ids());
+        if w.len() != wo.len() + 2 || w[1..w.len() - 1] != *wo {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("unsupported post-processor in \"{}\"", path.display()),
+            )
+            .with_detail("koe5 expects one special token before and one after each text, as XLM-R's <s> and </s>."));
+        }
+        Ok(TextTokenizer {
+            bos: w[0],
+            eos: w[w.len() - 1],
+            inner,
+            max_tokens,
+            lower_case,
+        })
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// The string the reference tokenizes for `text`.
+    fn prepare(&self, kind: Kind, text: &str) -> String {
+        let mut s = String::with_capacity(kind.prefix().len() + text.len().min(FIRST_WINDOW * 4));
+        s.push_str(kind.prefix());
+        s.push_str(text);
+        let stripped = s.trim_matches(is_py_space);
+        if self.lower_case {
+            stripped.to_lowercase()
+        } else if stripped.len() == s.len() {
+            s
+        } else {
+            stripped.to_owned()
+        }
+    }
+
+    fn content(&self, s: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode_fast(s, false).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("could not tokenize text: {e}"),
+            )
+        })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids the model sees for `text`: `<s>`, at most `max_tokens - 2` content
+    /// tokens, `</s>`.
+    pub fn encode(&self, kind: Kind, text: &str) -> Result<Vec<u32>> {
+        self.encode_windowed(kind, text, FIRST_WINDOW)
+    }
+
+    fn encode_windowed(&self, kind: Kind, text: &str, first_window: usize) -> Result<Vec<u32>> {
+        let budget = self.max_tokens - 2;
+        let mut window = first_window;
+        let mut content = loop {
+            if window >= text.len() {
+                break self.content(&self.prepare(kind, text))?;
+            }
+            // A prefix that ends at a plain word keeps its end unstripped, as the
+            // whole text would.
+            if let Some(cut) = word_cut(text, window) {
+                let ids = self.content(&self.prepare(kind, &text[..cut]))?;
+                if ids.len() >= budget {
+                    break ids;
+                }
+            }
+            window = window.saturating_mul(4);
+        };
+        content.truncate(budget);
+        let mut ids = Vec::with_capacity(content.len() + 2);
+        ids.push(self.bos);
+        ids.extend_from_slice(&content);
+        ids.push(self.eos);
+        Ok(ids)
+    }
+
+    /// How many tokens the model would see for `text` before truncation, prefix and
+    /// special tokens included. Long texts are counted piece by piece at word
+    /// boundaries, so memory stays bounded.
+    pub fn count(&self, kind: Kind, text: &str) -> Result<usize> {
+        let s = self.prepare(kind, text);
+        self.count_prepared(&s, COUNT_SEGMENT)
+    }
+
+    fn count_prepared(&self, s: &str, segment: usize) -> Result<usize> {
+        let mut total = 2;
+        let mut rest = s;
+        while rest.len() > segment {
+            match word_cut(rest, segment) {
+                Some(cut) => {
+                    total += self.content(&rest[..cut])?.len();
+                    rest = &rest[cut..];
+                }
+                None => break,
+            }
+        }
+        total += self.content(rest)?.len();
+        Ok(total)
+    }
+
+    /// Token ids without truncation or bounding: the plain reference pipeline, for tests.
+    pub fn encode_unbounded(&self, kind: Kind, text: &str) -> Result<Vec<u32>> {
+        let s = self.prepare(kind, text);
+        let mut content = self.content(&s)?;
+        content.truncate(self.max_tokens - 2);
+        let mut ids = vec![self.bos];
+        ids.extend(content);
+        ids.push(self.eos);
+        Ok(ids)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn encode_with_window(
+        &self,
+        kind: Kind,
+        text: &str,
+        window: usize,
+    ) -> Result<Vec<u32>> {
+        self.encode_windowed(kind, text, window)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn count_with_segment(
+        &self,
+        kind: Kind,
+        text: &str,
+        segment: usize,
+    ) -> Result<usize> {
+        self.count_prepared(&self.prepare(kind, text), segment)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn py_strip_matches_python() {
+        // Python: "\x1c a \u3000".strip() == "a"; "\u200b a".strip() == "\u200b a"
+        assert_eq!("\u{1c} a \u{3000}".trim_matches(is_py_space), "a");
+        assert_eq!("\u{200b} a".trim_matches(is_py_space), "\u{200b} a");
+        assert_eq!("\u{feff}a\u{85}".trim_matches(is_py_space), "\u{feff}a");
+    }
+
+    #[test]
+    fn word_cut_finds_plain_boundaries() {
+        let s = "가나 다라 ab cd";
+        let cut = word_cut(s, s.len() - 1).unwrap();
+        assert_eq!(&s[cut..], " cd");
+        // a space next to punctuation or a combining mark is not a cut point
+        assert_eq!(word_cut("ab. \u{301}cd efgh", 5), None);
+        assert_eq!(word_cut("abcdefgh", 6), None);
+    }
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::*;
+
+    fn tokenizer() -> TextTokenizer {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny-xlmr/tokenizer.json");
+        TextTokenizer::from_file(&p, 512, false).unwrap()
+    }
+
+    fn long_texts() -> Vec<String> {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/ko");
+        let mut v = vec![];
+        for f in ["constitution.txt", "bill-1809896.txt"] {
+            v.push(std::fs::read_to_string(data.join(f)).unwrap());
+        }
+        // Always have at least one long text, with and without spaces.
+        v.push("대한민국의 주권은 국민에게 있고 모든 권력은 국민으로부터 나온다 ".repeat(400));
+        v.push("가나다라마바사".repeat(3000));
+        v
+    }
+
+    #[test]
+    fn prefix_windows_give_the_tokens_of_the_whole_text() {
+        let t = tokenizer();
+        for text in long_texts() {
+            let whole = t.encode_unbounded(Kind::Passage, &text).unwrap();
+            for window in [512, 2048, 16 * 1024] {
+                assert_eq!(
+                    t.encode_with_window(Kind::Passage, &text, window).unwrap(),
+                    whole,
+                    "window {window}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn counting_in_segments_equals_counting_whole() {
+        let t = tokenizer();
+        for text in long_texts() {
+            let s = t.prepare(Kind::Passage, &text);
+            let whole = t.content(&s).unwrap().len() + 2;
+            for segment in [300, 4096] {
+                assert_eq!(
+                    t.count_with_segment(Kind::Passage, &text, segment).unwrap(),
+                    whole,
+                    "segment {segment}"
+                );
+            }
+        }
+    }
+}

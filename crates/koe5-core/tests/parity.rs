@@ -1,0 +1,158 @@
+//! The core against the reference: token ids, token counts and vectors that
+//! sentence-transformers computed for the fixture model (tests/fixtures, made by
+//! make_fixture.py). Tolerances are the issue's: cosine >= 0.99999, max |diff| <= 1e-5.
+
+use std::path::PathBuf;
+
+use koe5_core::{Embedder, Kind};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn expected() -> Vec<Value> {
+    let text = std::fs::read_to_string(fixtures().join("expected.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["cases"].as_array().unwrap().clone()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// (cosine, max |difference|)
+fn compare(got: &[f32], want: &[f32]) -> (f32, f32) {
+    assert_eq!(got.len(), want.len());
+    let cos = koe5_core::cosine(got, want).unwrap();
+    let diff = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    (cos, diff)
+}
+
+fn assert_close(name: &str, got: &[f32], want: &[f32]) {
+    let (cos, diff) = compare(got, want);
+    assert!(
+        cos >= 0.99999 && diff <= 1e-5,
+        "{name}: cosine {cos}, max diff {diff}"
+    );
+}
+
+fn kinds() -> [(Kind, &'static str); 2] {
+    [(Kind::Query, "query"), (Kind::Passage, "passage")]
+}
+
+#[test]
+fn token_ids_and_counts_match_the_reference() {
+    let e = Embedder::load(&fixtures().join("tiny-xlmr")).unwrap();
+    let cases = expected();
+    assert!(cases.len() >= 30);
+    for c in &cases {
+        let name = c["name"].as_str().unwrap();
+        let text = c["text"].as_str().unwrap();
+        for (kind, key) in kinds() {
+            assert_eq!(
+                e.tokenize(kind, text).unwrap(),
+                ids(&c[key]["ids"]),
+                "{name} {key}"
+            );
+        }
+        assert_eq!(
+            e.token_count(Kind::Passage, text).unwrap() as u64,
+            c["passage_token_count"].as_u64().unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn single_vectors_match_the_reference() {
+    let e = Embedder::load(&fixtures().join("tiny-xlmr")).unwrap();
+    let (mut min_cos, mut max_diff) = (1f32, 0f32);
+    for c in &expected() {
+        let name = c["name"].as_str().unwrap();
+        for (kind, key) in kinds() {
+            let got = e
+                .embed_one(kind, c["text"].as_str().unwrap(), &mut || {})
+                .unwrap();
+            let want = floats(&c[key]["embedding"]);
+            assert_close(&format!("{name} {key}"), &got, &want);
+            let (cos, diff) = compare(&got, &want);
+            min_cos = min_cos.min(cos);
+            max_diff = max_diff.max(diff);
+        }
+    }
+    println!("parity single: min cosine {min_cos}, max |diff| {max_diff:e}");
+}
+
+#[test]
+fn batches_of_mixed_lengths_match_the_reference() {
+    let e = Embedder::load(&fixtures().join("tiny-xlmr")).unwrap();
+    let cases = expected();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    // A small budget forces many batches of different widths; a large one few wide ones.
+    for (budget, max_batch) in [(600, 4), (8192, 64)] {
+        for (kind, key) in kinds() {
+            let got = e
+                .embed_many_with(kind, &texts, budget, max_batch, &mut || {})
+                .unwrap();
+            assert_eq!(got.len(), cases.len());
+            for (c, v) in cases.iter().zip(&got) {
+                assert_close(
+                    &format!("{} {key} budget {budget}", c["name"]),
+                    v,
+                    &floats(&c[key]["embedding"]),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn cls_pooling_without_normalisation_and_a_shorter_limit() {
+    let e = Embedder::load(&fixtures().join("tiny-xlmr-cls")).unwrap();
+    assert_eq!(e.spec.pooling, koe5_core::Pooling::Cls);
+    assert!(!e.spec.normalize);
+    assert_eq!(e.spec.max_tokens, 128);
+    for c in &expected() {
+        let name = c["name"].as_str().unwrap();
+        let text = c["text"].as_str().unwrap();
+        assert_eq!(
+            e.tokenize(Kind::Passage, text).unwrap(),
+            ids(&c["cls"]["ids"]),
+            "{name}"
+        );
+        let got = e.embed_one(Kind::Passage, text, &mut || {}).unwrap();
+        assert_close(name, &got, &floats(&c["cls"]["embedding"]));
+    }
+}
+
+#[test]
+fn interrupt_hook_runs_between_layers_and_can_stop_the_work() {
+    let e = Embedder::load(&fixtures().join("tiny-xlmr")).unwrap();
+    let mut calls = 0;
+    e.embed_one(Kind::Query, "헌법재판소", &mut || calls += 1)
+        .unwrap();
+    assert_eq!(calls, e.spec.encoder.num_hidden_layers);
+    // A hook that panics (as PostgreSQL's cancel does, through pgrx) unwinds out.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        e.embed_many(Kind::Passage, &["가"; 10], &mut || panic!("canceled"))
+            .unwrap()
+    }));
+    assert!(r.is_err());
+}

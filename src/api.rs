@@ -1,0 +1,256 @@
+//! The SQL-facing functions. Their SQL declarations (volatility, cost, comments) are
+//! hand-written in sql/koe5.sql; here each one converts its arguments, calls the core
+//! and turns failures into PostgreSQL errors.
+
+use std::collections::VecDeque;
+use std::time::{Duration, UNIX_EPOCH};
+
+use koe5_core::{Kind, ModelSpec};
+use pgrx::prelude::*;
+use pgrx::{Array, JsonB, PgSqlErrorCode};
+use serde_json::json;
+
+use crate::backend::{self, check_interrupts};
+use crate::errors::{raise, report, OrRaise};
+use crate::gucs;
+use crate::text::to_utf8;
+
+/// Texts embedded per round of a batch call: results stream out as rounds finish, so
+/// memory stays bounded however long the input array is.
+const ROUND: usize = 256;
+
+fn embed_text(kind: Kind, text: &[u8]) -> Vec<f32> {
+    let text = to_utf8(text);
+    let model = backend::model().or_raise();
+    model
+        .embedder
+        .embed_one(kind, &text, &mut check_interrupts)
+        .or_raise()
+}
+
+#[pg_extern(sql = false)]
+fn koe5_query(text: &[u8]) -> Vec<f32> {
+    embed_text(Kind::Query, text)
+}
+
+#[pg_extern(sql = false)]
+fn koe5_passage(text: &[u8]) -> Vec<f32> {
+    embed_text(Kind::Passage, text)
+}
+
+fn embed_array(
+    kind: Kind,
+    texts: Array<'_, &[u8]>,
+) -> impl Iterator<Item = Option<Vec<f32>>> + 'static {
+    // Copy the texts out (converted to UTF-8) so the iterator owns what it needs
+    // across the calls of this set-returning function.
+    let texts: Vec<Option<String>> = texts
+        .iter()
+        .map(|t| t.map(|b| to_utf8(b).into_owned()))
+        .collect();
+    let model = backend::model().or_raise();
+    let mut next = 0;
+    let mut ready: VecDeque<Option<Vec<f32>>> = VecDeque::new();
+    std::iter::from_fn(move || {
+        if ready.is_empty() && next < texts.len() {
+            let end = (next + ROUND).min(texts.len());
+            let round = &texts[next..end];
+            let present: Vec<&str> = round.iter().flatten().map(String::as_str).collect();
+            let mut vectors = model
+                .embedder
+                .embed_many(kind, &present, &mut check_interrupts)
+                .or_raise()
+                .into_iter();
+            for t in round {
+                ready.push_back(
+                    t.as_ref()
+                        .map(|_| vectors.next().expect("one vector per text")),
+                );
+            }
+            next = end;
+        }
+        ready.pop_front()
+    })
+}
+
+#[pg_extern(sql = false)]
+fn koe5_query_batch(texts: Array<'_, &[u8]>) -> SetOfIterator<'static, Option<Vec<f32>>> {
+    SetOfIterator::new(embed_array(Kind::Query, texts))
+}
+
+#[pg_extern(sql = false)]
+fn koe5_passage_batch(texts: Array<'_, &[u8]>) -> SetOfIterator<'static, Option<Vec<f32>>> {
+    SetOfIterator::new(embed_array(Kind::Passage, texts))
+}
+
+fn data_error(code: PgSqlErrorCode, message: &str) -> ! {
+    report(code, message.to_owned(), None, None)
+}
+
+/// The elements of a one-dimensional real[] without NULLs, NaN or infinity.
+fn plain_vector(a: Array<'_, f32>) -> Vec<f32> {
+    let v: Vec<f32> = a
+        .iter()
+        .map(|x| {
+            x.unwrap_or_else(|| {
+                data_error(
+                    PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                    "array must not contain nulls",
+                )
+            })
+        })
+        .collect();
+    let ndim = unsafe { (*a.into_array_type()).ndim };
+    if ndim > 1 {
+        data_error(
+            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            "array must be one-dimensional",
+        );
+    }
+    if v.iter().any(|x| !x.is_finite()) {
+        data_error(
+            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            "array must not contain NaN or infinity",
+        );
+    }
+    v
+}
+
+#[pg_extern(sql = false)]
+fn koe5_similarity(a: Array<'_, f32>, b: Array<'_, f32>) -> f32 {
+    let (a, b) = (plain_vector(a), plain_vector(b));
+    if a.len() != b.len() {
+        report(
+            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            format!("different vector dimensions {} and {}", a.len(), b.len()),
+            None,
+            None,
+        );
+    }
+    if a.is_empty() {
+        data_error(
+            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            "cannot compute the similarity of empty arrays",
+        );
+    }
+    koe5_core::cosine(&a, &b).unwrap_or_else(|| {
+        report(
+            PgSqlErrorCode::ERRCODE_DIVISION_BY_ZERO,
+            "cannot compute the cosine similarity of a zero vector".into(),
+            None,
+            None,
+        )
+    })
+}
+
+#[pg_extern(sql = false)]
+fn koe5_token_count(text: &[u8]) -> i32 {
+    let text = to_utf8(text);
+    let model = backend::model().or_raise();
+    let n = model.embedder.token_count(Kind::Passage, &text).or_raise();
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+#[pg_extern(sql = false)]
+fn koe5_model_info() -> JsonB {
+    let mut info = json!({
+        "model_path": gucs::model_path(),
+        "model_id": gucs::model_id(),
+        "precision": "f32",
+    });
+    let dir = match backend::resolve_dir() {
+        Ok(d) => d,
+        Err(e) => {
+            info["loaded"] = json!(false);
+            info["error"] = json!(e.message);
+            return JsonB(info);
+        }
+    };
+    info["directory"] = json!(dir.display().to_string());
+    let loaded = backend::loaded().filter(|m| m.dir == dir);
+    let spec = match &loaded {
+        Some(m) => m.embedder.spec.clone(),
+        None => match ModelSpec::read(&dir) {
+            Ok(s) => s,
+            Err(e) => {
+                info["loaded"] = json!(false);
+                info["error"] = json!(e.message);
+                return JsonB(info);
+            }
+        },
+    };
+    info["dimension"] = json!(spec.dimension());
+    info["max_tokens"] = json!(spec.max_tokens);
+    info["pooling"] = json!(spec.pooling.name());
+    info["normalize"] = json!(spec.normalize);
+    info["layers"] = json!(spec.encoder.num_hidden_layers);
+    info["weights"] = json!(spec.weights.display().to_string());
+    match &loaded {
+        Some(m) => {
+            info["loaded"] = json!(true);
+            info["load_time_ms"] = json!(millis(m.embedder.load_time));
+            let at = m.loaded_at.duration_since(UNIX_EPOCH).unwrap_or_default();
+            info["loaded_at_unix"] = json!(at.as_secs());
+            info["sha256"] = json!(m.weights_sha256().or_raise());
+        }
+        None => {
+            info["loaded"] = json!(false);
+            info["load_time_ms"] = json!(null);
+            info["sha256"] = json!(koe5_core::sha256_file(&spec.weights).or_raise());
+        }
+    }
+    JsonB(info)
+}
+
+#[pg_extern(sql = false)]
+fn koe5_download() -> String {
+    if !unsafe { pg_sys::superuser() } {
+        report(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "permission denied to download a model".into(),
+            Some("Only superusers may call koe5_download().".into()),
+            None,
+        );
+    }
+    let id = gucs::model_id();
+    koe5_core::hub::check_model_id(&id).or_raise();
+    let cache = koe5_core::hub::cache_dir();
+    // The download runs on a thread of its own (with every signal blocked, like all
+    // threads koe5 starts) while this backend waits for it and stays cancellable.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker_id = id.clone();
+    backend::with_signals_blocked(|| {
+        std::thread::Builder::new()
+            .name("koe5-download".into())
+            .spawn(move || {
+                let _ = tx.send(koe5_core::hub::download(&cache, &worker_id));
+            })
+            .map(|_| ())
+    })
+    .unwrap_or_else(|e| {
+        report(
+            PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
+            format!("could not start download thread: {e}"),
+            None,
+            None,
+        )
+    });
+    loop {
+        check_interrupts();
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(dir)) => return dir.display().to_string(),
+            Ok(Err(e)) => raise(e),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => report(
+                PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
+                format!("download of \"{id}\" failed"),
+                None,
+                None,
+            ),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Per-backend state: the loaded model and the compute threads.
+//!
+//! A backend is one single-threaded process, so the model lives in a thread-local and
+//! is loaded on first use. It is kept across transactions in Rust's heap (not in a
+//! PostgreSQL memory context) and replaced when `koe5.model_path` or `koe5.model_id`
+//! points elsewhere.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Once;
+use std::time::SystemTime;
+
+use koe5_core::{hub, Embedder, Result};
+
+use crate::gucs;
+
+pub struct Loaded {
+    pub dir: PathBuf,
+    pub embedder: Embedder,
+    pub loaded_at: SystemTime,
+    sha256: RefCell<Option<String>>,
+}
+
+impl Loaded {
+    /// SHA-256 of the weights file, computed on first request and remembered.
+    pub fn weights_sha256(&self) -> Result<String> {
+        if let Some(s) = self.sha256.borrow().as_ref() {
+            return Ok(s.clone());
+        }
+        let s = koe5_core::sha256_file(&self.embedder.spec.weights)?;
+        *self.sha256.borrow_mut() = Some(s.clone());
+        Ok(s)
+    }
+}
+
+thread_local! {
+    static MODEL: RefCell<Option<Rc<Loaded>>> = const { RefCell::new(None) };
+}
+
+/// The model directory the settings name now: `koe5.model_path`, or `koe5.model_id`
+/// found in the Hugging Face cache.
+pub fn resolve_dir() -> Result<PathBuf> {
+    match gucs::model_path() {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => hub::find_cached(&hub::cache_dir(), &gucs::model_id()),
+    }
+}
+
+/// The model this backend has loaded, if any (without loading one).
+pub fn loaded() -> Option<Rc<Loaded>> {
+    MODEL.with(|m| m.borrow().clone())
+}
+
+/// The model for the current settings, loading it on first use.
+pub fn model() -> Result<Rc<Loaded>> {
+    let dir = resolve_dir()?;
+    if let Some(m) = loaded() {
+        if m.dir == dir {
+            return Ok(m);
+        }
+    }
+    // Free the old weights before reading new ones.
+    MODEL.with(|m| m.borrow_mut().take());
+    start_threads();
+    let embedder = Embedder::load(&dir)?;
+    let loaded = Rc::new(Loaded {
+        dir,
+        embedder,
+        loaded_at: SystemTime::now(),
+        sha256: RefCell::new(None),
+    });
+    MODEL.with(|m| *m.borrow_mut() = Some(loaded.clone()));
+    Ok(loaded)
+}
+
+/// Runs `f` with every signal blocked in the calling thread, so that threads it
+/// starts inherit a full mask and never run PostgreSQL's signal handlers.
+pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let out = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        out
+    }
+}
+
+fn block_all_signals() {
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+}
+
+/// Starts the rayon pool that candle's matrix kernels use, before anything else can
+/// start it with default settings. Its threads block all signals and only compute.
+fn start_threads() {
+    static START: Once = Once::new();
+    START.call_once(|| {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let _ = with_signals_blocked(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("koe5-compute-{i}"))
+                .start_handler(|_| block_all_signals())
+                .build_global()
+        });
+    });
+}
+
+/// Calls PostgreSQL's interrupt check: cancel, statement_timeout and termination
+/// requests raise their usual ERROR here, on the backend's own thread.
+pub fn check_interrupts() {
+    pgrx::check_for_interrupts!();
+}

@@ -1,0 +1,52 @@
+//! Text arguments arrive in the server encoding. The tokenizer needs UTF-8, so they
+//! are converted with PostgreSQL's own routines; pgrx's `&str` conversion would panic
+//! on non-ASCII text in, say, an EUC_KR database.
+
+use std::borrow::Cow;
+use std::ffi::CStr;
+
+use pgrx::pg_sys;
+use pgrx::PgSqlErrorCode;
+
+use crate::errors::report;
+
+/// The UTF-8 form of `bytes`, which hold text in the server encoding. In an SQL_ASCII
+/// database the bytes are checked to be valid UTF-8 (an ERROR otherwise).
+pub fn to_utf8(bytes: &[u8]) -> Cow<'_, str> {
+    let server_is_utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
+    if server_is_utf8 || bytes.is_ascii() {
+        // PostgreSQL has already validated text in its own encoding.
+        return match std::str::from_utf8(bytes) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(e) => invalid(e),
+        };
+    }
+    let len = i32::try_from(bytes.len()).expect("text values are below 1 GB");
+    // pg_server_to_any returns its input when no conversion is needed (after validating
+    // it, for SQL_ASCII) and a palloc'd, NUL-terminated copy otherwise. A byte sequence
+    // with no UTF-8 equivalent raises PostgreSQL's own error.
+    let converted = unsafe {
+        pg_sys::pg_server_to_any(bytes.as_ptr().cast(), len, pg_sys::pg_enc::PG_UTF8 as i32)
+    };
+    let out: &[u8] = if converted.cast_const() == bytes.as_ptr().cast() {
+        bytes
+    } else {
+        unsafe { CStr::from_ptr(converted) }.to_bytes()
+    };
+    match std::str::from_utf8(out) {
+        Ok(s) => Cow::Owned(s.to_owned()),
+        Err(e) => invalid(e),
+    }
+}
+
+fn invalid(e: std::str::Utf8Error) -> ! {
+    report(
+        PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+        "invalid byte sequence for encoding \"UTF8\"".into(),
+        Some(format!(
+            "The text is not valid UTF-8 at byte {}.",
+            e.valid_up_to()
+        )),
+        None,
+    )
+}
