@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs every koe5 test: the inference core's unit and parity tests (no PostgreSQL), then
+# the extension's tests inside PostgreSQL 18 (with pgvector) and PostgreSQL 15.
+# Installs what is missing first (scripts/setup.sh). Needs root.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh core pg18  a subset: any of core, pg18, pg15
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+KOE5_HOME=${KOE5_HOME:-/opt/koe5}
+export KOE5_HOME
+parts=("$@")
+[ ${#parts[@]} -gt 0 ] || parts=(core pg18 pg15)
+
+./scripts/setup.sh
+
+# pgrx would pass its link flag through RUSTFLAGS and rebuild every dependency for the
+# test server's build; build.rs gives the flag to the cdylib link instead.
+export CARGO_PGRX_DISABLE_GC_SECTIONS_WORKAROUND=1
+
+# The test server runs as "postgres", which may not be able to read this checkout:
+# give it a readable copy of the fixture models, and compile that path into the tests.
+rm -rf "$KOE5_HOME/fixtures"
+cp -R --no-preserve=ownership tests/fixtures "$KOE5_HOME/fixtures"
+chmod -R a+rX "$KOE5_HOME/fixtures"
+export KOE5_TEST_FIXTURES="$KOE5_HOME/fixtures"
+
+for part in "${parts[@]}"; do
+    case "$part" in
+        core)
+            echo "==> koe5-core: unit and parity tests (no PostgreSQL)"
+            nice cargo test -p koe5-core
+            ;;
+        pg18|pg15)
+            echo "==> koe5 extension tests on PostgreSQL ${part#pg}"
+            nice cargo pgrx test "$part" --runas postgres --pgdata "$KOE5_HOME/test-pgdata-${part#pg}"
+            ;;
+        *)
+            echo "unknown part \"$part\" (use core, pg18, pg15)" >&2
+            exit 2
+            ;;
+    esac
+done
