@@ -95,7 +95,7 @@ PY
 chmod a+r "$KOE5_HOME/articles.tsv"
 dim=$(psql -d koe5_demo -tA -c "SELECT koe5_model_info()->>'dimension'")
 echo "==> embedding $(wc -l < "$KOE5_HOME/articles.tsv") articles with $( [ $real = yes ] && echo KoE5 || echo 'the tiny random model') ($dim dimensions)"
-start=$(date +%s.%N)
+start=$SECONDS
 psql -d koe5_demo <<SQL
 CREATE TABLE articles (
     id    int PRIMARY KEY,
@@ -106,7 +106,7 @@ CREATE TABLE articles (
 \copy articles (id, title, body) FROM '$KOE5_HOME/articles.tsv'
 CREATE INDEX ON articles USING hnsw (emb vector_cosine_ops);
 SQL
-echo "    done in $(echo "$(date +%s.%N) - $start" | bc) s"
+echo "    done in $(( SECONDS - start )) s"
 
 for q in "대통령의 임기는 몇 년인가?" "헌법재판소는 어떤 권한을 가지는가" "국민의 교육을 받을 권리" "국회의원은 어떻게 선출되나요?"; do
     echo

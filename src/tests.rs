@@ -54,7 +54,9 @@ mod tests {
 
     /// `SQLSTATE: message` of the error `sql` raises, or "ok".
     fn outcome(sql: &str) -> String {
-        let missing = Spi::get_one::<bool>("SELECT to_regprocedure('pg_temp.outcome(text)') IS NULL").unwrap();
+        let missing =
+            Spi::get_one::<bool>("SELECT to_regprocedure('pg_temp.outcome(text)') IS NULL")
+                .unwrap();
         if missing == Some(true) {
             Spi::run(
                 "CREATE FUNCTION pg_temp.outcome(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -403,6 +405,75 @@ mod tests {
             info["error"],
             "model \"nobody/no-such-model\" was not found"
         );
+    }
+
+    #[pg_test]
+    fn compute_threads_block_every_signal() {
+        use_fixture("tiny-xlmr");
+        Spi::run("SELECT koe5_passage('스레드')").unwrap();
+        let mut seen = 0;
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let dir = task.unwrap().path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap();
+            if !comm.starts_with("koe5-compute") {
+                continue;
+            }
+            seen += 1;
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            let blocked = status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigBlk:"))
+                .unwrap()
+                .trim();
+            let mask = u64::from_str_radix(blocked, 16).unwrap();
+            // SIGINT 2, SIGQUIT 3, SIGUSR1 10, SIGUSR2 12, SIGALRM 14, SIGTERM 15, SIGCHLD 17, SIGURG 23
+            for sig in [2, 3, 10, 12, 14, 15, 17, 23] {
+                assert!(
+                    mask & (1 << (sig - 1)) != 0,
+                    "{} does not block signal {sig}: {blocked}",
+                    comm.trim()
+                );
+            }
+        }
+        assert!(seen >= 1, "no koe5-compute threads found");
+    }
+
+    #[pg_test]
+    fn finds_the_model_id_in_the_hugging_face_cache() {
+        // A cache laid out as huggingface_hub lays it out, in a directory of this test.
+        let cache = std::env::temp_dir().join(format!("koe5-hf-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&cache);
+        let repo = cache.join("models--koe5-test--tiny");
+        let snapshot = repo.join("snapshots").join("0123abcd");
+        std::fs::create_dir_all(snapshot.join("1_Pooling")).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+        let fixture = std::path::Path::new(FIXTURES).join("tiny-xlmr");
+        for f in [
+            "config.json",
+            "modules.json",
+            "sentence_bert_config.json",
+            "1_Pooling/config.json",
+            "tokenizer.json",
+            "model.safetensors",
+        ] {
+            std::os::unix::fs::symlink(fixture.join(f), snapshot.join(f)).unwrap();
+        }
+        // The backend reads HF_HUB_CACHE when it resolves the model.
+        unsafe { std::env::set_var("HF_HUB_CACHE", &cache) };
+        Spi::run("SET koe5.model_path = ''").unwrap();
+        Spi::run("SET koe5.model_id = 'koe5-test/tiny'").unwrap();
+        let c = &cases()[0];
+        let got = vector_of("SELECT koe5_passage($1)", c["text"].as_str().unwrap());
+        assert_close("from the cache", &got, &floats(&c["passage"]["embedding"]));
+        let info = Spi::get_one::<pgrx::JsonB>("SELECT koe5_model_info()")
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(info["directory"], snapshot.display().to_string());
+        assert_eq!(info["loaded"], true);
+        unsafe { std::env::remove_var("HF_HUB_CACHE") };
+        std::fs::remove_dir_all(&cache).unwrap();
     }
 
     #[pg_test]
