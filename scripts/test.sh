@@ -19,6 +19,13 @@ parts=("$@")
 # test server's build; build.rs gives the flag to the cdylib link instead.
 export CARGO_PGRX_DISABLE_GC_SECTIONS_WORKAROUND=1
 
+# `cargo pgrx test` installs its own build into the PostgreSQL it tests; a demo server
+# still running on that installation must not have its library replaced under it.
+if [ -f "$KOE5_HOME/demo-data/postmaster.pid" ]; then
+    echo "==> stopping the demo server (its PostgreSQL is about to get the test build)"
+    scripts/demo.sh stop || true
+fi
+
 # The test server runs as "postgres", which may not be able to read this checkout:
 # give it a readable copy of the fixture models, and compile that path into the tests.
 rm -rf "$KOE5_HOME/fixtures"

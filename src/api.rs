@@ -22,10 +22,7 @@ const ROUND: usize = 256;
 fn embed_text(kind: Kind, text: &[u8]) -> Vec<f32> {
     let text = to_utf8(text);
     let model = backend::model().or_raise();
-    model
-        .embedder
-        .embed_one(kind, &text, &mut check_interrupts)
-        .or_raise()
+    model.embedder.embed_one(kind, &text, &mut check_interrupts).or_raise()
 }
 
 #[pg_extern(sql = false)]
@@ -38,16 +35,10 @@ fn koe5_passage(text: &[u8]) -> Vec<f32> {
     embed_text(Kind::Passage, text)
 }
 
-fn embed_array(
-    kind: Kind,
-    texts: Array<'_, &[u8]>,
-) -> impl Iterator<Item = Option<Vec<f32>>> + 'static {
+fn embed_array(kind: Kind, texts: Array<'_, &[u8]>) -> impl Iterator<Item = Option<Vec<f32>>> + 'static {
     // Copy the texts out (converted to UTF-8) so the iterator owns what it needs
     // across the calls of this set-returning function.
-    let texts: Vec<Option<String>> = texts
-        .iter()
-        .map(|t| t.map(|b| to_utf8(b).into_owned()))
-        .collect();
+    let texts: Vec<Option<String>> = texts.iter().map(|t| t.map(|b| to_utf8(b).into_owned())).collect();
     let model = backend::model().or_raise();
     let mut next = 0;
     let mut ready: VecDeque<Option<Vec<f32>>> = VecDeque::new();
@@ -56,16 +47,9 @@ fn embed_array(
             let end = (next + ROUND).min(texts.len());
             let round = &texts[next..end];
             let present: Vec<&str> = round.iter().flatten().map(String::as_str).collect();
-            let mut vectors = model
-                .embedder
-                .embed_many(kind, &present, &mut check_interrupts)
-                .or_raise()
-                .into_iter();
+            let mut vectors = model.embedder.embed_many(kind, &present, &mut check_interrupts).or_raise().into_iter();
             for t in round {
-                ready.push_back(
-                    t.as_ref()
-                        .map(|_| vectors.next().expect("one vector per text")),
-                );
+                ready.push_back(t.as_ref().map(|_| vectors.next().expect("one vector per text")));
             }
             next = end;
         }
@@ -93,25 +77,16 @@ fn plain_vector(a: Array<'_, f32>) -> Vec<f32> {
         .iter()
         .map(|x| {
             x.unwrap_or_else(|| {
-                data_error(
-                    PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-                    "array must not contain nulls",
-                )
+                data_error(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "array must not contain nulls")
             })
         })
         .collect();
     let ndim = unsafe { (*a.into_array_type()).ndim };
     if ndim > 1 {
-        data_error(
-            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-            "array must be one-dimensional",
-        );
+        data_error(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "array must be one-dimensional");
     }
     if v.iter().any(|x| !x.is_finite()) {
-        data_error(
-            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-            "array must not contain NaN or infinity",
-        );
+        data_error(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "array must not contain NaN or infinity");
     }
     v
 }
@@ -128,10 +103,7 @@ fn koe5_similarity(a: Array<'_, f32>, b: Array<'_, f32>) -> f32 {
         );
     }
     if a.is_empty() {
-        data_error(
-            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-            "cannot compute the similarity of empty arrays",
-        );
+        data_error(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "cannot compute the similarity of empty arrays");
     }
     koe5_core::cosine(&a, &b).unwrap_or_else(|| {
         report(
@@ -147,7 +119,7 @@ fn koe5_similarity(a: Array<'_, f32>, b: Array<'_, f32>) -> f32 {
 fn koe5_token_count(text: &[u8]) -> i32 {
     let text = to_utf8(text);
     let model = backend::model().or_raise();
-    let n = model.embedder.token_count(Kind::Passage, &text).or_raise();
+    let n = model.embedder.token_count(Kind::Passage, &text, &mut check_interrupts).or_raise();
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
@@ -158,7 +130,7 @@ fn millis(d: Duration) -> f64 {
 #[pg_extern(sql = false)]
 fn koe5_model_info() -> JsonB {
     let mut info = json!({
-        "model_path": gucs::model_path(),
+        "model_path": gucs::model_path().map(|p| p.display().to_string()),
         "model_id": gucs::model_id(),
         "precision": "f32",
     });
@@ -189,18 +161,17 @@ fn koe5_model_info() -> JsonB {
     info["normalize"] = json!(spec.normalize);
     info["layers"] = json!(spec.encoder.num_hidden_layers);
     info["weights"] = json!(spec.weights.display().to_string());
+    info["sha256"] = json!(backend::weights_sha256(&spec.weights).or_raise());
     match &loaded {
         Some(m) => {
             info["loaded"] = json!(true);
             info["load_time_ms"] = json!(millis(m.embedder.load_time));
             let at = m.loaded_at.duration_since(UNIX_EPOCH).unwrap_or_default();
             info["loaded_at_unix"] = json!(at.as_secs());
-            info["sha256"] = json!(m.weights_sha256().or_raise());
         }
         None => {
             info["loaded"] = json!(false);
             info["load_time_ms"] = json!(null);
-            info["sha256"] = json!(koe5_core::sha256_file(&spec.weights).or_raise());
         }
     }
     JsonB(info)
@@ -232,12 +203,7 @@ fn koe5_download() -> String {
             .map(|_| ())
     })
     .unwrap_or_else(|e| {
-        report(
-            PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
-            format!("could not start download thread: {e}"),
-            None,
-            None,
-        )
+        report(PgSqlErrorCode::ERRCODE_SYSTEM_ERROR, format!("could not start download thread: {e}"), None, None)
     });
     loop {
         check_interrupts();
@@ -245,12 +211,9 @@ fn koe5_download() -> String {
             Ok(Ok(dir)) => return dir.display().to_string(),
             Ok(Err(e)) => raise(e),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => report(
-                PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
-                format!("download of \"{id}\" failed"),
-                None,
-                None,
-            ),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                report(PgSqlErrorCode::ERRCODE_SYSTEM_ERROR, format!("download of \"{id}\" failed"), None, None)
+            }
         }
     }
 }

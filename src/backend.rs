@@ -19,30 +19,36 @@ pub struct Loaded {
     pub dir: PathBuf,
     pub embedder: Embedder,
     pub loaded_at: SystemTime,
-    sha256: RefCell<Option<String>>,
 }
 
-impl Loaded {
-    /// SHA-256 of the weights file, computed on first request and remembered.
-    pub fn weights_sha256(&self) -> Result<String> {
-        if let Some(s) = self.sha256.borrow().as_ref() {
-            return Ok(s.clone());
-        }
-        let s = koe5_core::sha256_file(&self.embedder.spec.weights)?;
-        *self.sha256.borrow_mut() = Some(s.clone());
-        Ok(s)
-    }
-}
+/// A file as of one moment: path, size and modification time.
+type FileStamp = (PathBuf, u64, SystemTime);
 
 thread_local! {
     static MODEL: RefCell<Option<Rc<Loaded>>> = const { RefCell::new(None) };
+    static SHA256: RefCell<Option<(FileStamp, String)>> = const { RefCell::new(None) };
+}
+
+/// SHA-256 of a weights file, remembered while its size and modification time stay
+/// the same. Reading 2 GB takes a second or two; it stays cancellable.
+pub fn weights_sha256(path: &std::path::Path) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        koe5_core::Error::new(koe5_core::ErrorKind::Io, format!("could not stat file \"{}\": {e}", path.display()))
+    })?;
+    let stamp: FileStamp = (path.to_path_buf(), meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+    if let Some(hex) = SHA256.with(|c| c.borrow().as_ref().filter(|(s, _)| *s == stamp).map(|(_, h)| h.clone())) {
+        return Ok(hex);
+    }
+    let hex = koe5_core::sha256_file(path, &mut check_interrupts)?;
+    SHA256.with(|c| *c.borrow_mut() = Some((stamp, hex.clone())));
+    Ok(hex)
 }
 
 /// The model directory the settings name now: `koe5.model_path`, or `koe5.model_id`
 /// found in the Hugging Face cache.
 pub fn resolve_dir() -> Result<PathBuf> {
     match gucs::model_path() {
-        Some(p) => Ok(PathBuf::from(p)),
+        Some(p) => Ok(p),
         None => hub::find_cached(&hub::cache_dir(), &gucs::model_id()),
     }
 }
@@ -64,12 +70,7 @@ pub fn model() -> Result<Rc<Loaded>> {
     MODEL.with(|m| m.borrow_mut().take());
     start_threads();
     let embedder = Embedder::load(&dir)?;
-    let loaded = Rc::new(Loaded {
-        dir,
-        embedder,
-        loaded_at: SystemTime::now(),
-        sha256: RefCell::new(None),
-    });
+    let loaded = Rc::new(Loaded { dir, embedder, loaded_at: SystemTime::now() });
     MODEL.with(|m| *m.borrow_mut() = Some(loaded.clone()));
     Ok(loaded)
 }
@@ -101,9 +102,7 @@ fn block_all_signals() {
 fn start_threads() {
     static START: Once = Once::new();
     START.call_once(|| {
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let _ = with_signals_blocked(|| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)

@@ -23,12 +23,7 @@ pub fn raise(err: Error) -> ! {
 }
 
 /// Raises an ERROR with the given SQLSTATE, message, detail and hint.
-pub fn report(
-    code: PgSqlErrorCode,
-    message: String,
-    detail: Option<String>,
-    hint: Option<String>,
-) -> ! {
+pub fn report(code: PgSqlErrorCode, message: String, detail: Option<String>, hint: Option<String>) -> ! {
     let mut r = ErrorReport::new(code, message, "koe5");
     if let Some(d) = detail {
         r = r.set_detail(d);

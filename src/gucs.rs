@@ -5,8 +5,7 @@ use std::ffi::CStr;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
-pub static MODEL_PATH: GucSetting<Option<std::ffi::CString>> =
-    GucSetting::<Option<std::ffi::CString>>::new(None);
+pub static MODEL_PATH: GucSetting<Option<std::ffi::CString>> = GucSetting::<Option<std::ffi::CString>>::new(None);
 pub static MODEL_ID: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(Some(c"nlpai-lab/KoE5"));
 
@@ -36,14 +35,17 @@ pub fn init() {
 }
 
 fn text_of(setting: &GucSetting<Option<std::ffi::CString>>) -> Option<String> {
-    setting
-        .get()
-        .map(|s| CStr::to_string_lossy(&s).into_owned())
-        .filter(|s| !s.trim().is_empty())
+    setting.get().map(|s| CStr::to_string_lossy(&s).into_owned()).filter(|s| !s.trim().is_empty())
 }
 
-pub fn model_path() -> Option<String> {
-    text_of(&MODEL_PATH)
+/// The model directory as the file system names it: the setting's bytes as they are
+/// (a path is bytes, whatever the server encoding).
+pub fn model_path() -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    MODEL_PATH
+        .get()
+        .filter(|s| !s.to_bytes().trim_ascii().is_empty())
+        .map(|s| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(s.to_bytes())))
 }
 
 pub fn model_id() -> String {

@@ -19,26 +19,15 @@ fn cases() -> Vec<serde_json::Value> {
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 /// Fails unless `got` is within the issue's tolerance of `want`.
 fn assert_close(name: &str, got: &[f32], want: &[f32]) -> (f32, f32) {
     assert_eq!(got.len(), want.len(), "{name}");
     let cos = koe5_core::cosine(got, want).unwrap();
-    let diff = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    assert!(
-        cos >= 0.99999 && diff <= 1e-5,
-        "{name}: cosine {cos}, max diff {diff}"
-    );
+    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(cos >= 0.99999 && diff <= 1e-5, "{name}: cosine {cos}, max diff {diff}");
     (cos, diff)
 }
 
@@ -54,9 +43,7 @@ mod tests {
 
     /// `SQLSTATE: message` of the error `sql` raises, or "ok".
     fn outcome(sql: &str) -> String {
-        let missing =
-            Spi::get_one::<bool>("SELECT to_regprocedure('pg_temp.outcome(text)') IS NULL")
-                .unwrap();
+        let missing = Spi::get_one::<bool>("SELECT to_regprocedure('pg_temp.outcome(text)') IS NULL").unwrap();
         if missing == Some(true) {
             Spi::run(
                 "CREATE FUNCTION pg_temp.outcome(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -65,15 +52,11 @@ mod tests {
             )
             .unwrap();
         }
-        Spi::get_one_with_args::<String>("SELECT pg_temp.outcome($1)", &[DatumWithOid::from(sql)])
-            .unwrap()
-            .unwrap()
+        Spi::get_one_with_args::<String>("SELECT pg_temp.outcome($1)", &[DatumWithOid::from(sql)]).unwrap().unwrap()
     }
 
     fn vector_of(sql: &str, text: &str) -> Vec<f32> {
-        Spi::get_one_with_args::<Vec<f32>>(sql, &[DatumWithOid::from(text)])
-            .unwrap()
-            .unwrap()
+        Spi::get_one_with_args::<Vec<f32>>(sql, &[DatumWithOid::from(text)]).unwrap().unwrap()
     }
 
     /// Lets client-side tests start the test server the way #[pg_test]s do.
@@ -88,11 +71,7 @@ mod tests {
             let text = c["text"].as_str().unwrap();
             for (f, key) in [("koe5_query", "query"), ("koe5_passage", "passage")] {
                 let got = vector_of(&format!("SELECT {f}($1)"), text);
-                let (cos, diff) = assert_close(
-                    &format!("{} {key}", c["name"]),
-                    &got,
-                    &floats(&c[key]["embedding"]),
-                );
+                let (cos, diff) = assert_close(&format!("{} {key}", c["name"]), &got, &floats(&c[key]["embedding"]));
                 min_cos = min_cos.min(cos);
                 max_diff = max_diff.max(diff);
             }
@@ -141,34 +120,53 @@ mod tests {
             }
         }
         // The empty array gives no rows, a NULL array a NULL result.
-        assert_eq!(
-            Spi::get_one::<i64>("SELECT count(*) FROM koe5_passage('{}'::text[])").unwrap(),
-            Some(0)
-        );
-        assert_eq!(
-            Spi::get_one::<i64>("SELECT count(*) FROM koe5_passage(NULL::text[])").unwrap(),
-            Some(0)
-        );
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM koe5_passage('{}'::text[])").unwrap(), Some(0));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM koe5_passage(NULL::text[])").unwrap(), Some(0));
+    }
+
+    #[pg_test]
+    fn batches_span_rounds_with_nulls_at_the_boundary() {
+        use_fixture("tiny-xlmr");
+        let cases = cases();
+        // 300 elements: texts cycle through the cases; NULLs at 1-based positions 255 and
+        // 256, where a round of 256 texts ends.
+        let texts: Vec<Option<String>> = (0..300)
+            .map(|i| (i != 254 && i != 255).then(|| cases[i % cases.len()]["text"].as_str().unwrap().to_owned()))
+            .collect();
+        let rows: Vec<(i64, Option<Vec<f32>>)> = Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT n, e FROM koe5_passage($1::text[]) WITH ORDINALITY AS t(e, n)",
+                    None,
+                    &[DatumWithOid::from(texts.clone())],
+                )
+                .unwrap()
+                .map(|r| (r.get::<i64>(1).unwrap().unwrap(), r.get::<Vec<f32>>(2).unwrap()))
+                .collect()
+        });
+        assert_eq!(rows.len(), 300);
+        for (n, e) in rows {
+            let i = (n - 1) as usize;
+            match &texts[i] {
+                None => assert!(e.is_none(), "row {n}"),
+                Some(_) => {
+                    assert_close(
+                        &format!("row {n}"),
+                        &e.unwrap(),
+                        &floats(&cases[i % cases.len()]["passage"]["embedding"]),
+                    );
+                }
+            }
+        }
     }
 
     #[pg_test]
     fn null_in_null_out() {
         use_fixture("tiny-xlmr");
-        for f in [
-            "koe5_query(NULL::text)",
-            "koe5_passage(NULL::text)",
-            "koe5_token_count(NULL)",
-        ] {
-            assert_eq!(
-                Spi::get_one::<bool>(&format!("SELECT {f} IS NULL")).unwrap(),
-                Some(true),
-                "{f}"
-            );
+        for f in ["koe5_query(NULL::text)", "koe5_passage(NULL::text)", "koe5_token_count(NULL)"] {
+            assert_eq!(Spi::get_one::<bool>(&format!("SELECT {f} IS NULL")).unwrap(), Some(true), "{f}");
         }
-        assert_eq!(
-            Spi::get_one::<bool>("SELECT koe5_similarity(NULL, '{1}') IS NULL").unwrap(),
-            Some(true)
-        );
+        assert_eq!(Spi::get_one::<bool>("SELECT koe5_similarity(NULL, '{1}') IS NULL").unwrap(), Some(true));
     }
 
     #[pg_test]
@@ -181,12 +179,7 @@ mod tests {
             )
             .unwrap()
             .unwrap();
-            assert_eq!(
-                n as u64,
-                c["passage_token_count"].as_u64().unwrap(),
-                "{}",
-                c["name"]
-            );
+            assert_eq!(n as u64, c["passage_token_count"].as_u64().unwrap(), "{}", c["name"]);
         }
     }
 
@@ -195,23 +188,14 @@ mod tests {
         use_fixture("tiny-xlmr-cls");
         for c in cases().iter().take(12) {
             let got = vector_of("SELECT koe5_passage($1)", c["text"].as_str().unwrap());
-            assert_close(
-                c["name"].as_str().unwrap(),
-                &got,
-                &floats(&c["cls"]["embedding"]),
-            );
+            assert_close(c["name"].as_str().unwrap(), &got, &floats(&c["cls"]["embedding"]));
         }
     }
 
     #[pg_test]
     fn model_info_describes_and_identifies_the_model() {
         use_fixture("tiny-xlmr");
-        let info = || {
-            Spi::get_one::<pgrx::JsonB>("SELECT koe5_model_info()")
-                .unwrap()
-                .unwrap()
-                .0
-        };
+        let info = || Spi::get_one::<pgrx::JsonB>("SELECT koe5_model_info()").unwrap().unwrap().0;
         let before = info();
         assert_eq!(before["loaded"], false);
         Spi::run("SELECT koe5_query('x')").unwrap();
@@ -225,10 +209,7 @@ mod tests {
         assert_eq!(after["directory"], format!("{FIXTURES}/tiny-xlmr"));
         // The generator recorded the weights' SHA-256 with Python's hashlib.
         let generator: serde_json::Value = serde_json::from_str(EXPECTED).unwrap();
-        assert_eq!(
-            after["sha256"],
-            generator["generator"]["model_safetensors_sha256"]
-        );
+        assert_eq!(after["sha256"], generator["generator"]["model_safetensors_sha256"]);
         assert_eq!(before["sha256"], after["sha256"]);
     }
 
@@ -241,23 +222,16 @@ mod tests {
         let w = vector_of("SELECT koe5_passage($1)", " \t\n ");
         assert_eq!(e, w);
         // 1 MB of text is truncated: the same vector as any text with the same first 510 tokens.
-        let short = Spi::get_one::<Vec<f32>>("SELECT koe5_passage(repeat('대한민국 헌법 ', 600))")
-            .unwrap()
-            .unwrap();
+        let short = Spi::get_one::<Vec<f32>>("SELECT koe5_passage(repeat('대한민국 헌법 ', 600))").unwrap().unwrap();
         let hwm_before = vm_hwm_kb();
-        let long = Spi::get_one::<Vec<f32>>("SELECT koe5_passage(repeat('대한민국 헌법 ', 60000))")
-            .unwrap()
-            .unwrap();
+        let long = Spi::get_one::<Vec<f32>>("SELECT koe5_passage(repeat('대한민국 헌법 ', 60000))").unwrap().unwrap();
         let grown_mb = (vm_hwm_kb() - hwm_before) / 1024;
         assert_eq!(
             Spi::get_one::<i32>("SELECT octet_length(repeat('대한민국 헌법 ', 60000))").unwrap(),
             Some(1_200_000)
         );
         assert_close("1 MB text", &long, &short);
-        assert!(
-            grown_mb < 64,
-            "peak memory grew by {grown_mb} MB for a 1 MB text"
-        );
+        assert!(grown_mb < 64, "peak memory grew by {grown_mb} MB for a 1 MB text");
     }
 
     fn vm_hwm_kb() -> i64 {
@@ -268,43 +242,21 @@ mod tests {
 
     #[pg_test]
     fn similarity_and_its_errors() {
-        let s = Spi::get_one::<f32>("SELECT koe5_similarity('{1,2,3}', '{2,4,6}')")
-            .unwrap()
-            .unwrap();
+        let s = Spi::get_one::<f32>("SELECT koe5_similarity('{1,2,3}', '{2,4,6}')").unwrap().unwrap();
         assert!((s - 1.0).abs() < 1e-6);
-        let s = Spi::get_one::<f32>("SELECT koe5_similarity('{1,0}', '{0,1}')")
-            .unwrap()
-            .unwrap();
+        let s = Spi::get_one::<f32>("SELECT koe5_similarity('{1,0}', '{0,1}')").unwrap().unwrap();
         assert!(s.abs() < 1e-7);
         let cases = [
-            (
-                "SELECT koe5_similarity('{1,2,3}', '{1,2}')",
-                "22000: different vector dimensions 3 and 2",
-            ),
-            (
-                "SELECT koe5_similarity('{1,NULL}', '{1,2}')",
-                "22004: array must not contain nulls",
-            ),
-            (
-                "SELECT koe5_similarity('{{1,2},{3,4}}', '{1,2,3,4}')",
-                "22000: array must be one-dimensional",
-            ),
+            ("SELECT koe5_similarity('{1,2,3}', '{1,2}')", "22000: different vector dimensions 3 and 2"),
+            ("SELECT koe5_similarity('{1,NULL}', '{1,2}')", "22004: array must not contain nulls"),
+            ("SELECT koe5_similarity('{{1,2},{3,4}}', '{1,2,3,4}')", "22000: array must be one-dimensional"),
             (
                 "SELECT koe5_similarity('{0,0}', '{1,2}')",
                 "22012: cannot compute the cosine similarity of a zero vector",
             ),
-            (
-                "SELECT koe5_similarity('{}', '{}')",
-                "22000: cannot compute the similarity of empty arrays",
-            ),
-            (
-                "SELECT koe5_similarity('{NaN,1}', '{1,2}')",
-                "22000: array must not contain NaN or infinity",
-            ),
-            (
-                "SELECT koe5_similarity('{Infinity,1}', '{1,2}')",
-                "22000: array must not contain NaN or infinity",
-            ),
+            ("SELECT koe5_similarity('{}', '{}')", "22000: cannot compute the similarity of empty arrays"),
+            ("SELECT koe5_similarity('{NaN,1}', '{1,2}')", "22000: array must not contain NaN or infinity"),
+            ("SELECT koe5_similarity('{Infinity,1}', '{1,2}')", "22000: array must not contain NaN or infinity"),
         ];
         for (sql, want) in cases {
             assert_eq!(outcome(sql), want, "{sql}");
@@ -319,12 +271,7 @@ mod tests {
         let variant = |name: &str, edit: &dyn Fn(&std::path::Path)| {
             let dir = base.join(name);
             std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
-            for f in [
-                "config.json",
-                "modules.json",
-                "sentence_bert_config.json",
-                "1_Pooling/config.json",
-            ] {
+            for f in ["config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json"] {
                 std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
             }
             for f in ["tokenizer.json", "model.safetensors"] {
@@ -333,9 +280,7 @@ mod tests {
             edit(&dir);
             dir
         };
-        let no_tokenizer = variant("no-tokenizer", &|d| {
-            std::fs::remove_file(d.join("tokenizer.json")).unwrap()
-        });
+        let no_tokenizer = variant("no-tokenizer", &|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap());
         let truncated = variant("truncated", &|d| {
             let w = d.join("model.safetensors");
             std::fs::remove_file(&w).unwrap();
@@ -343,9 +288,7 @@ mod tests {
             std::fs::write(&w, &bytes[..bytes.len() / 3]).unwrap();
         });
         let bert = variant("bert", &|d| {
-            let c = std::fs::read_to_string(d.join("config.json"))
-                .unwrap()
-                .replace("\"xlm-roberta\"", "\"bert\"");
+            let c = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"xlm-roberta\"", "\"bert\"");
             std::fs::write(d.join("config.json"), c).unwrap();
         });
         let q = "SELECT koe5_query('헌법')";
@@ -356,33 +299,21 @@ mod tests {
             ),
             (
                 no_tokenizer.display().to_string(),
-                format!(
-                    "58P01: file \"{}/tokenizer.json\" does not exist",
-                    no_tokenizer.display()
-                ),
+                format!("58P01: file \"{}/tokenizer.json\" does not exist", no_tokenizer.display()),
             ),
             (
                 truncated.display().to_string(),
-                format!(
-                    "XX001: could not load weights from \"{}/model.safetensors\"",
-                    truncated.display()
-                ),
+                format!("XX001: could not load weights from \"{}/model.safetensors\"", truncated.display()),
             ),
             (
                 bert.display().to_string(),
-                format!(
-                    "0A000: unsupported model type \"bert\" in \"{}/config.json\"",
-                    bert.display()
-                ),
+                format!("0A000: unsupported model type \"bert\" in \"{}/config.json\"", bert.display()),
             ),
         ];
         for (path, want) in &checks {
             Spi::run(&format!("SET koe5.model_path = '{path}'")).unwrap();
             let got = outcome(q);
-            assert!(
-                got.starts_with(want.as_str()),
-                "{path}: got {got:?}, want {want:?}"
-            );
+            assert!(got.starts_with(want.as_str()), "{path}: got {got:?}, want {want:?}");
             // Fixing the setting makes the same backend work again.
             use_fixture("tiny-xlmr");
             assert_eq!(outcome(q), "ok");
@@ -396,15 +327,9 @@ mod tests {
         Spi::run("SET koe5.model_id = 'nobody/no-such-model'").unwrap();
         let got = outcome("SELECT koe5_passage('x')");
         assert_eq!(got, "58P01: model \"nobody/no-such-model\" was not found");
-        let info = Spi::get_one::<pgrx::JsonB>("SELECT koe5_model_info()")
-            .unwrap()
-            .unwrap()
-            .0;
+        let info = Spi::get_one::<pgrx::JsonB>("SELECT koe5_model_info()").unwrap().unwrap().0;
         assert_eq!(info["loaded"], false);
-        assert_eq!(
-            info["error"],
-            "model \"nobody/no-such-model\" was not found"
-        );
+        assert_eq!(info["error"], "model \"nobody/no-such-model\" was not found");
     }
 
     #[pg_test]
@@ -420,19 +345,11 @@ mod tests {
             }
             seen += 1;
             let status = std::fs::read_to_string(dir.join("status")).unwrap();
-            let blocked = status
-                .lines()
-                .find_map(|l| l.strip_prefix("SigBlk:"))
-                .unwrap()
-                .trim();
+            let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).unwrap().trim();
             let mask = u64::from_str_radix(blocked, 16).unwrap();
             // SIGINT 2, SIGQUIT 3, SIGUSR1 10, SIGUSR2 12, SIGALRM 14, SIGTERM 15, SIGCHLD 17, SIGURG 23
             for sig in [2, 3, 10, 12, 14, 15, 17, 23] {
-                assert!(
-                    mask & (1 << (sig - 1)) != 0,
-                    "{} does not block signal {sig}: {blocked}",
-                    comm.trim()
-                );
+                assert!(mask & (1 << (sig - 1)) != 0, "{} does not block signal {sig}: {blocked}", comm.trim());
             }
         }
         assert!(seen >= 1, "no koe5-compute threads found");
@@ -466,10 +383,7 @@ mod tests {
         let c = &cases()[0];
         let got = vector_of("SELECT koe5_passage($1)", c["text"].as_str().unwrap());
         assert_close("from the cache", &got, &floats(&c["passage"]["embedding"]));
-        let info = Spi::get_one::<pgrx::JsonB>("SELECT koe5_model_info()")
-            .unwrap()
-            .unwrap()
-            .0;
+        let info = Spi::get_one::<pgrx::JsonB>("SELECT koe5_model_info()").unwrap().unwrap().0;
         assert_eq!(info["directory"], snapshot.display().to_string());
         assert_eq!(info["loaded"], true);
         unsafe { std::env::remove_var("HF_HUB_CACHE") };
@@ -481,20 +395,11 @@ mod tests {
         Spi::run("CREATE ROLE koe5_plain_user").unwrap();
         assert_eq!(outcome("SELECT 1"), "ok"); // creates the helper as superuser
         Spi::run("SET ROLE koe5_plain_user").unwrap();
-        for sql in [
-            "SET koe5.model_path = '/tmp'",
-            "SET koe5.model_id = 'evil/model'",
-        ] {
+        for sql in ["SET koe5.model_path = '/tmp'", "SET koe5.model_id = 'evil/model'"] {
             let got = outcome(sql);
-            assert!(
-                got.starts_with("42501: permission denied to set parameter"),
-                "{sql}: {got}"
-            );
+            assert!(got.starts_with("42501: permission denied to set parameter"), "{sql}: {got}");
         }
-        assert_eq!(
-            outcome("SELECT koe5_download()"),
-            "42501: permission denied for function koe5_download"
-        );
+        assert_eq!(outcome("SELECT koe5_download()"), "42501: permission denied for function koe5_download");
         Spi::run("RESET ROLE").unwrap();
     }
 
@@ -528,11 +433,7 @@ mod tests {
         for (name, vol, strict, parallel, cost, commented) in rows {
             assert!(commented, "{name} has no comment");
             if name.starts_with("koe5_query") || name.starts_with("koe5_passage") {
-                assert_eq!(
-                    (vol.as_str(), strict, parallel.as_str()),
-                    ("i", true, "s"),
-                    "{name}"
-                );
+                assert_eq!((vol.as_str(), strict, parallel.as_str()), ("i", true, "s"), "{name}");
                 assert!(cost >= 1000.0, "{name} cost {cost}");
             }
         }
@@ -587,10 +488,7 @@ mod tests {
         )
         .unwrap();
         load_articles("articles");
-        assert_eq!(
-            Spi::get_one::<i64>("SELECT count(emb) FROM articles").unwrap(),
-            Some(40)
-        );
+        assert_eq!(Spi::get_one::<i64>("SELECT count(emb) FROM articles").unwrap(), Some(40));
         Spi::run("CREATE INDEX ON articles USING hnsw (emb vector_cosine_ops)").unwrap();
         Spi::run("SET LOCAL enable_seqscan = off").unwrap();
         let q = "SELECT id FROM articles ORDER BY emb <=> koe5_query('대통령의 임기와 선거')::vector LIMIT 5";
@@ -603,12 +501,7 @@ mod tests {
         });
         assert!(plan.contains("Index Scan using articles_emb_idx"), "{plan}");
         let ids = |sql: &str| -> Vec<i32> {
-            Spi::connect(|c| {
-                c.select(sql, None, &[])
-                    .unwrap()
-                    .map(|r| r.get::<i32>(1).unwrap().unwrap())
-                    .collect()
-            })
+            Spi::connect(|c| c.select(sql, None, &[]).unwrap().map(|r| r.get::<i32>(1).unwrap().unwrap()).collect())
         };
         let by_index = ids(q);
         // The same top 5 by brute force, with koe5's own similarity and no index.
@@ -642,25 +535,25 @@ mod tests {
              END $$",
         )
         .unwrap();
-        Spi::run("CREATE TRIGGER notes_embed BEFORE INSERT OR UPDATE ON notes FOR EACH ROW EXECUTE FUNCTION notes_embed()")
-            .unwrap();
-        load_articles("notes");
-        let same = Spi::get_one::<bool>(
-            "SELECT bool_and(emb = koe5_passage(body)::vector) AND count(*) = 40 FROM notes",
+        Spi::run(
+            "CREATE TRIGGER notes_embed BEFORE INSERT OR UPDATE ON notes FOR EACH ROW EXECUTE FUNCTION notes_embed()",
         )
         .unwrap();
+        load_articles("notes");
+        let same =
+            Spi::get_one::<bool>("SELECT bool_and(emb = koe5_passage(body)::vector) AND count(*) = 40 FROM notes")
+                .unwrap();
         assert_eq!(same, Some(true));
         Spi::run("UPDATE notes SET body = '국회의원의 임기는 4년으로 한다.' WHERE id = 1").unwrap();
         assert_eq!(
-            Spi::get_one::<bool>("SELECT emb = koe5_passage('국회의원의 임기는 4년으로 한다.')::vector FROM notes WHERE id = 1")
-                .unwrap(),
+            Spi::get_one::<bool>(
+                "SELECT emb = koe5_passage('국회의원의 임기는 4년으로 한다.')::vector FROM notes WHERE id = 1"
+            )
+            .unwrap(),
             Some(true)
         );
         Spi::run("UPDATE notes SET body = NULL WHERE id = 2").unwrap();
-        assert_eq!(
-            Spi::get_one::<bool>("SELECT emb IS NULL FROM notes WHERE id = 2").unwrap(),
-            Some(true)
-        );
+        assert_eq!(Spi::get_one::<bool>("SELECT emb IS NULL FROM notes WHERE id = 2").unwrap(), Some(true));
     }
 }
 
@@ -673,25 +566,12 @@ mod client_tests {
 
     fn connect(dbname: Option<&str>) -> postgres::Client {
         // Starts the test server (once) the way every #[pg_test] does.
-        pgrx_tests::run_test(
-            "server_is_up",
-            None,
-            crate::pg_test::postgresql_conf_options(),
-        )
-        .unwrap();
+        pgrx_tests::run_test("server_is_up", None, crate::pg_test::postgresql_conf_options()).unwrap();
         let (mut c, _) = pgrx_tests::client().unwrap();
         let Some(db) = dbname else { return c };
-        let port: String = c
-            .query_one("SELECT current_setting('port')", &[])
-            .unwrap()
-            .get(0);
-        let socket_dir: String = c
-            .query_one(
-                "SELECT split_part(current_setting('unix_socket_directories'), ',', 1)",
-                &[],
-            )
-            .unwrap()
-            .get(0);
+        let port: String = c.query_one("SELECT current_setting('port')", &[]).unwrap().get(0);
+        let socket_dir: String =
+            c.query_one("SELECT split_part(current_setting('unix_socket_directories'), ',', 1)", &[]).unwrap().get(0);
         postgres::Config::new()
             .host_path(socket_dir.trim())
             .port(port.parse().unwrap())
@@ -703,31 +583,21 @@ mod client_tests {
 
     fn fresh_database(name: &str, encoding: &str) -> postgres::Client {
         let mut c = connect(None);
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-            .unwrap();
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
         c.batch_execute(&format!(
             "CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
         ))
         .unwrap();
         let mut db = connect(Some(name));
-        db.batch_execute(&format!(
-            "CREATE EXTENSION koe5; SET koe5.model_path = '{FIXTURES}/tiny-xlmr'"
-        ))
-        .unwrap();
+        db.batch_execute(&format!("CREATE EXTENSION koe5; SET koe5.model_path = '{FIXTURES}/tiny-xlmr'")).unwrap();
         let enc: String = db.query_one("SHOW server_encoding", &[]).unwrap().get(0);
         assert_eq!(enc, encoding);
         db
     }
 
     fn case(name: &str) -> (String, Vec<f32>) {
-        let c = super::cases()
-            .into_iter()
-            .find(|c| c["name"] == name)
-            .unwrap();
-        (
-            c["text"].as_str().unwrap().to_owned(),
-            super::floats(&c["passage"]["embedding"]),
-        )
+        let c = super::cases().into_iter().find(|c| c["name"] == name).unwrap();
+        (c["text"].as_str().unwrap().to_owned(), super::floats(&c["passage"]["embedding"]))
     }
 
     #[test]
@@ -736,31 +606,15 @@ mod client_tests {
         let (text, want) = case("ko_constitution_art1");
         // Stored in the table, the text is EUC-KR bytes on the server.
         db.batch_execute("CREATE TABLE docs (body text)").unwrap();
-        db.execute("INSERT INTO docs VALUES ($1)", &[&text])
-            .unwrap();
-        let octets: i32 = db
-            .query_one("SELECT octet_length(body) FROM docs", &[])
-            .unwrap()
-            .get(0);
-        assert!(
-            (octets as usize) < text.len(),
-            "Hangul takes 2 bytes in EUC-KR, 3 in UTF-8"
-        );
-        let got: Vec<f32> = db
-            .query_one("SELECT koe5_passage(body) FROM docs", &[])
-            .unwrap()
-            .get(0);
+        db.execute("INSERT INTO docs VALUES ($1)", &[&text]).unwrap();
+        let octets: i32 = db.query_one("SELECT octet_length(body) FROM docs", &[]).unwrap().get(0);
+        assert!((octets as usize) < text.len(), "Hangul takes 2 bytes in EUC-KR, 3 in UTF-8");
+        let got: Vec<f32> = db.query_one("SELECT koe5_passage(body) FROM docs", &[]).unwrap().get(0);
         super::assert_close("EUC_KR", &got, &want);
-        let n: i32 = db
-            .query_one("SELECT koe5_token_count(body) FROM docs", &[])
-            .unwrap()
-            .get(0);
+        let n: i32 = db.query_one("SELECT koe5_token_count(body) FROM docs", &[]).unwrap().get(0);
         assert_eq!(n, 37);
         let rows: i64 = db
-            .query_one(
-                "SELECT count(*) FROM koe5_passage(ARRAY[(SELECT body FROM docs), NULL])",
-                &[],
-            )
+            .query_one("SELECT count(*) FROM koe5_passage(ARRAY[(SELECT body FROM docs), NULL])", &[])
             .unwrap()
             .get(0);
         assert_eq!(rows, 2);
@@ -770,25 +624,66 @@ mod client_tests {
     fn sql_ascii_database_accepts_utf8_and_rejects_invalid_bytes() {
         let mut db = fresh_database("koe5_sqlascii", "SQL_ASCII");
         let (text, want) = case("ko_constitution_art1");
-        let got: Vec<f32> = db
-            .query_one("SELECT koe5_passage($1)", &[&text])
-            .unwrap()
-            .get(0);
+        let got: Vec<f32> = db.query_one("SELECT koe5_passage($1)", &[&text]).unwrap().get(0);
         super::assert_close("SQL_ASCII", &got, &want);
-        let err = db
-            .query_one(
-                "SELECT koe5_passage(convert_from('\\x41c328'::bytea, 'SQL_ASCII'))",
-                &[],
-            )
-            .unwrap_err();
+        let err = db.query_one("SELECT koe5_passage(convert_from('\\x41c328'::bytea, 'SQL_ASCII'))", &[]).unwrap_err();
         let db_err = err.as_db_error().unwrap();
         assert_eq!(db_err.code().code(), "22021", "{db_err}");
-        assert!(
-            db_err
-                .message()
-                .contains("invalid byte sequence for encoding \"UTF8\""),
-            "{db_err}"
-        );
+        assert!(db_err.message().contains("invalid byte sequence for encoding \"UTF8\""), "{db_err}");
+    }
+
+    #[test]
+    fn parallel_workers_load_the_model_and_agree() {
+        let mut c = connect(None);
+        c.batch_execute(&format!(
+            "SET koe5.model_path = '{FIXTURES}/tiny-xlmr';
+             DROP TABLE IF EXISTS koe5_parallel_docs;
+             CREATE TABLE koe5_parallel_docs (id int, body text);
+             SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;
+             SET min_parallel_table_scan_size = 0; SET max_parallel_workers_per_gather = 2;"
+        ))
+        .unwrap();
+        let cases = super::cases();
+        for (i, case) in cases.iter().enumerate() {
+            c.execute(
+                "INSERT INTO koe5_parallel_docs VALUES ($1, $2)",
+                &[&(i as i32), &case["text"].as_str().unwrap()],
+            )
+            .unwrap();
+        }
+        let q = "SELECT id, koe5_passage(body) FROM koe5_parallel_docs";
+        let plan: Vec<String> = c
+            .query(&format!("EXPLAIN (ANALYZE, VERBOSE, COSTS OFF, TIMING OFF) {q}"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("Parallel Seq Scan"), "{plan}");
+        assert!(plan.contains("Output: id, koe5_passage(body)"), "{plan}");
+        assert!(!plan.contains("Workers Launched: 0"), "{plan}");
+        for row in c.query(q, &[]).unwrap() {
+            let i: i32 = row.get(0);
+            let got: Vec<f32> = row.get(1);
+            super::assert_close("parallel", &got, &super::floats(&cases[i as usize]["passage"]["embedding"]));
+        }
+        c.batch_execute("DROP TABLE koe5_parallel_docs").unwrap();
+    }
+
+    #[test]
+    fn a_plain_user_cannot_set_the_model_before_the_library_loads() {
+        // In a fresh session koe5 is not loaded yet, so SET creates a placeholder; loading
+        // the library must drop a placeholder that a plain user set.
+        let mut c = connect(None);
+        c.batch_execute("DO $$ BEGIN CREATE ROLE koe5_placeholder_user; EXCEPTION WHEN duplicate_object THEN END $$")
+            .unwrap();
+        c.batch_execute("SET ROLE koe5_placeholder_user; SET koe5.model_path = '/tmp/not-a-model'").unwrap();
+        let before: String = c.query_one("SELECT current_setting('koe5.model_path')", &[]).unwrap().get(0);
+        assert_eq!(before, "/tmp/not-a-model", "the placeholder exists before the library loads");
+        c.query_one("SELECT koe5_similarity('{1}', '{1}')", &[]).unwrap();
+        let after: String = c.query_one("SELECT current_setting('koe5.model_path')", &[]).unwrap().get(0);
+        assert_eq!(after, "");
+        c.batch_execute("RESET ROLE").unwrap();
     }
 
     const LONG_BATCH: &str = "SELECT count(*) FROM koe5_passage(array(
@@ -797,18 +692,14 @@ mod client_tests {
     fn sqlstate(r: Result<postgres::Row, postgres::Error>) -> String {
         match r {
             Ok(_) => "completed".into(),
-            Err(e) => e
-                .as_db_error()
-                .map(|d| format!("{}: {}", d.code().code(), d.message()))
-                .unwrap_or(e.to_string()),
+            Err(e) => e.as_db_error().map(|d| format!("{}: {}", d.code().code(), d.message())).unwrap_or(e.to_string()),
         }
     }
 
     #[test]
     fn cancel_and_statement_timeout_stop_a_long_batch() {
         let mut a = connect(None);
-        a.batch_execute(&format!("SET koe5.model_path = '{FIXTURES}/tiny-xlmr'"))
-            .unwrap();
+        a.batch_execute(&format!("SET koe5.model_path = '{FIXTURES}/tiny-xlmr'")).unwrap();
         a.query_one("SELECT koe5_query('warm up')", &[]).unwrap();
         let pid: i32 = a.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
 
@@ -819,10 +710,7 @@ mod client_tests {
         std::thread::sleep(Duration::from_millis(1500));
         let mut b = connect(None);
         let sent = Instant::now();
-        let ok: bool = b
-            .query_one("SELECT pg_cancel_backend($1)", &[&pid])
-            .unwrap()
-            .get(0);
+        let ok: bool = b.query_one("SELECT pg_cancel_backend($1)", &[&pid]).unwrap().get(0);
         assert!(ok);
         let (outcome, ended, mut a) = worker.join().unwrap();
         let latency = ended.saturating_duration_since(sent);
@@ -834,21 +722,12 @@ mod client_tests {
         let start = Instant::now();
         let outcome = sqlstate(a.query_one(LONG_BATCH, &[]));
         let took = start.elapsed();
-        assert_eq!(
-            outcome,
-            "57014: canceling statement due to statement timeout"
-        );
-        assert!(
-            took < Duration::from_secs(2),
-            "statement_timeout of 1s stopped after {took:?}"
-        );
+        assert_eq!(outcome, "57014: canceling statement due to statement timeout");
+        assert!(took < Duration::from_secs(2), "statement_timeout of 1s stopped after {took:?}");
         eprintln!("statement_timeout 1s stopped after {took:?}");
         // The backend is still usable.
         a.batch_execute("SET statement_timeout = 0").unwrap();
-        let n: i32 = a
-            .query_one("SELECT array_length(koe5_query('그래도 된다'), 1)", &[])
-            .unwrap()
-            .get(0);
+        let n: i32 = a.query_one("SELECT array_length(koe5_query('그래도 된다'), 1)", &[]).unwrap().get(0);
         assert_eq!(n, 32);
     }
 }

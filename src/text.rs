@@ -25,16 +25,17 @@ pub fn to_utf8(bytes: &[u8]) -> Cow<'_, str> {
     // pg_server_to_any returns its input when no conversion is needed (after validating
     // it, for SQL_ASCII) and a palloc'd, NUL-terminated copy otherwise. A byte sequence
     // with no UTF-8 equivalent raises PostgreSQL's own error.
-    let converted = unsafe {
-        pg_sys::pg_server_to_any(bytes.as_ptr().cast(), len, pg_sys::pg_enc::PG_UTF8 as i32)
-    };
-    let out: &[u8] = if converted.cast_const() == bytes.as_ptr().cast() {
-        bytes
-    } else {
-        unsafe { CStr::from_ptr(converted) }.to_bytes()
-    };
-    match std::str::from_utf8(out) {
-        Ok(s) => Cow::Owned(s.to_owned()),
+    let converted = unsafe { pg_sys::pg_server_to_any(bytes.as_ptr().cast(), len, pg_sys::pg_enc::PG_UTF8 as i32) };
+    if converted.cast_const() == bytes.as_ptr().cast() {
+        return match std::str::from_utf8(bytes) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(e) => invalid(e),
+        };
+    }
+    let owned = std::str::from_utf8(unsafe { CStr::from_ptr(converted) }.to_bytes()).map(str::to_owned);
+    unsafe { pg_sys::pfree(converted.cast()) };
+    match owned {
+        Ok(s) => Cow::Owned(s),
         Err(e) => invalid(e),
     }
 }
@@ -43,10 +44,7 @@ fn invalid(e: std::str::Utf8Error) -> ! {
     report(
         PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
         "invalid byte sequence for encoding \"UTF8\"".into(),
-        Some(format!(
-            "The text is not valid UTF-8 at byte {}.",
-            e.valid_up_to()
-        )),
+        Some(format!("The text is not valid UTF-8 at byte {}.", e.valid_up_to())),
         None,
     )
 }

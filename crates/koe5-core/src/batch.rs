@@ -12,9 +12,7 @@ pub fn plan(lens: &[usize], token_budget: usize, max_batch: usize) -> Vec<Vec<us
     for i in order {
         // Sorted longest first: the batch's padded length is its first input's.
         let width = current.first().map_or(lens[i], |&f| lens[f]);
-        if !current.is_empty()
-            && (current.len() >= max_batch || (current.len() + 1) * width > token_budget)
-        {
+        if !current.is_empty() && (current.len() >= max_batch || (current.len() + 1) * width > token_budget) {
             batches.push(std::mem::take(&mut current));
         }
         current.push(i);

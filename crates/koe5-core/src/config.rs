@@ -63,8 +63,7 @@ impl EncoderConfig {
     /// Tokens the position table allows: XLM-R positions start at pad + 1, so 514
     /// positions leave 512 usable tokens.
     pub fn max_tokens(&self) -> usize {
-        self.max_position_embeddings
-            .saturating_sub(self.pad_token_id as usize + 1)
+        self.max_position_embeddings.saturating_sub(self.pad_token_id as usize + 1)
     }
 }
 
@@ -106,10 +105,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 fn require_file(path: &Path) -> Result<()> {
     match fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(Error::new(
-            ErrorKind::MissingFile,
-            format!("\"{}\" is not a regular file", path.display()),
-        )),
+        Ok(_) => Err(Error::new(ErrorKind::MissingFile, format!("\"{}\" is not a regular file", path.display()))),
         Err(e) => Err(Error::io(path, e)),
     }
 }
@@ -118,14 +114,9 @@ fn require_file(path: &Path) -> Result<()> {
 /// JSON file must never make the server read files elsewhere.
 fn module_dir(dir: &Path, modules_json: &Path, rel: &str) -> Result<PathBuf> {
     let rel_path = Path::new(rel);
-    let safe = rel_path
-        .components()
-        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    let safe = rel_path.components().all(|c| matches!(c, std::path::Component::Normal(_)));
     if !safe {
-        return Err(Error::config(
-            modules_json,
-            format!("module path \"{rel}\" leaves the model directory"),
-        ));
+        return Err(Error::config(modules_json, format!("module path \"{rel}\" leaves the model directory")));
     }
     Ok(dir.join(rel_path))
 }
@@ -141,7 +132,16 @@ impl ModelSpec {
                     format!("model path \"{}\" is not a directory", dir.display()),
                 ))
             }
-            Err(_) => return Err(Error::missing("model directory", dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::missing("model directory", dir)),
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!("could not access model directory \"{}\": {e}", dir.display()),
+                )
+                .with_hint(
+                    "The directory must be readable by the operating-system user that runs the PostgreSQL server.",
+                ))
+            }
         }
 
         let config_path = join(dir, "config.json");
@@ -153,18 +153,15 @@ impl ModelSpec {
                 ErrorKind::Unsupported,
                 format!("unsupported model type \"{model_type}\" in \"{}\"", config_path.display()),
             )
-            .with_detail("koe5 runs XLM-RoBERTa encoders (model_type \"xlm-roberta\") such as KoE5 and multilingual-e5."));
+            .with_detail(
+                "koe5 runs XLM-RoBERTa encoders (model_type \"xlm-roberta\") such as KoE5 and multilingual-e5.",
+            ));
         }
-        let encoder: EncoderConfig =
-            serde_json::from_value(raw).map_err(|e| Error::config(&config_path, e))?;
+        let encoder: EncoderConfig = serde_json::from_value(raw).map_err(|e| Error::config(&config_path, e))?;
         let activation = encoder.activation().ok_or_else(|| {
             Error::new(
                 ErrorKind::Unsupported,
-                format!(
-                    "unsupported activation \"{}\" in \"{}\"",
-                    encoder.hidden_act,
-                    config_path.display()
-                ),
+                format!("unsupported activation \"{}\" in \"{}\"", encoder.hidden_act, config_path.display()),
             )
         })?;
         if encoder.position_embedding_type != "absolute" {
@@ -177,19 +174,11 @@ impl ModelSpec {
                 ),
             ));
         }
-        if encoder.num_attention_heads == 0
-            || encoder.hidden_size % encoder.num_attention_heads != 0
-        {
-            return Err(Error::config(
-                &config_path,
-                "hidden_size is not a multiple of num_attention_heads",
-            ));
+        if encoder.num_attention_heads == 0 || encoder.hidden_size % encoder.num_attention_heads != 0 {
+            return Err(Error::config(&config_path, "hidden_size is not a multiple of num_attention_heads"));
         }
         if encoder.max_tokens() < 3 {
-            return Err(Error::config(
-                &config_path,
-                "max_position_embeddings is too small",
-            ));
+            return Err(Error::config(&config_path, "max_position_embeddings is too small"));
         }
 
         // modules.json decides pooling and normalisation; without it, sentence-transformers
@@ -214,10 +203,7 @@ impl ModelSpec {
                     other => {
                         return Err(Error::new(
                             ErrorKind::Unsupported,
-                            format!(
-                                "unsupported module \"{other}\" in \"{}\"",
-                                modules_path.display()
-                            ),
+                            format!("unsupported module \"{other}\" in \"{}\"", modules_path.display()),
                         )
                         .with_detail("koe5 runs Transformer, Pooling and Normalize modules."))
                     }
@@ -229,18 +215,12 @@ impl ModelSpec {
         };
 
         let sbert_path = join(dir, "sentence_bert_config.json");
-        let sbert: SentenceConfig = if sbert_path.exists() {
-            read_json(&sbert_path)?
-        } else {
-            SentenceConfig::default()
-        };
+        let sbert: SentenceConfig =
+            if sbert_path.exists() { read_json(&sbert_path)? } else { SentenceConfig::default() };
         let cap = encoder.max_tokens();
         let max_tokens = sbert.max_seq_length.unwrap_or(cap).min(cap);
         if max_tokens < 3 {
-            return Err(Error::config(
-                &sbert_path,
-                "max_seq_length must be at least 3",
-            ));
+            return Err(Error::config(&sbert_path, "max_seq_length must be at least 3"));
         }
 
         let weights = join(dir, "model.safetensors");

@@ -42,12 +42,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
-            kind,
-            message: message.into(),
-            detail: None,
-            hint: None,
-        }
+        Error { kind, message: message.into(), detail: None, hint: None }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
@@ -61,45 +56,27 @@ impl Error {
     }
 
     pub(crate) fn missing(what: &str, path: &Path) -> Self {
-        Error::new(
-            ErrorKind::MissingFile,
-            format!("{what} \"{}\" does not exist", path.display()),
-        )
+        Error::new(ErrorKind::MissingFile, format!("{what} \"{}\" does not exist", path.display()))
     }
 
     pub(crate) fn io(path: &Path, err: std::io::Error) -> Self {
         if err.kind() == std::io::ErrorKind::NotFound {
             return Error::missing("file", path);
         }
-        Error::new(
-            ErrorKind::Io,
-            format!("could not read file \"{}\": {err}", path.display()),
-        )
+        Error::new(ErrorKind::Io, format!("could not read file \"{}\": {err}", path.display()))
     }
 
     pub(crate) fn config(path: &Path, reason: impl fmt::Display) -> Self {
-        Error::new(
-            ErrorKind::InvalidConfig,
-            format!("invalid model file \"{}\": {reason}", path.display()),
-        )
+        Error::new(ErrorKind::InvalidConfig, format!("invalid model file \"{}\": {reason}", path.display()))
     }
 
     pub(crate) fn weights(path: &Path, reason: impl fmt::Display) -> Self {
-        Error::new(
-            ErrorKind::CorruptWeights,
-            format!(
-                "could not load weights from \"{}\": {reason}",
-                path.display()
-            ),
-        )
-        .with_hint("The file may be truncated or belong to another model; download it again.")
+        Error::new(ErrorKind::CorruptWeights, format!("could not load weights from \"{}\": {reason}", path.display()))
+            .with_hint("The file may be truncated or belong to another model; download it again.")
     }
 
     pub(crate) fn inference(err: impl fmt::Display) -> Self {
-        Error::new(
-            ErrorKind::Inference,
-            format!("embedding computation failed: {err}"),
-        )
+        Error::new(ErrorKind::Inference, format!("embedding computation failed: {err}"))
     }
 }
 

@@ -21,11 +21,7 @@ pub const MODEL_FILES: [&str; 8] = [
 /// `HUGGINGFACE_HUB_CACHE`, `$HF_HOME/hub`, `$XDG_CACHE_HOME/huggingface/hub`,
 /// `~/.cache/huggingface/hub`.
 pub fn cache_dir() -> PathBuf {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(p) = var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")) {
         return p;
     }
@@ -35,29 +31,18 @@ pub fn cache_dir() -> PathBuf {
     if let Some(xdg) = var("XDG_CACHE_HOME") {
         return xdg.join("huggingface").join("hub");
     }
-    var("HOME")
-        .unwrap_or_else(|| PathBuf::from("/"))
-        .join(".cache")
-        .join("huggingface")
-        .join("hub")
+    var("HOME").unwrap_or_else(|| PathBuf::from("/")).join(".cache").join("huggingface").join("hub")
 }
 
 /// Checks a model id of the form `owner/name`.
 pub fn check_model_id(model_id: &str) -> Result<(&str, &str)> {
     let ok_part = |p: &str| {
-        !p.is_empty()
-            && p != "."
-            && p != ".."
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        !p.is_empty() && p != "." && p != ".." && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
     match model_id.split_once('/') {
         Some((owner, name)) if ok_part(owner) && ok_part(name) => Ok((owner, name)),
-        _ => Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!("invalid model id \"{model_id}\""),
-        )
-        .with_hint("A model id has the form \"owner/name\", for example \"nlpai-lab/KoE5\".")),
+        _ => Err(Error::new(ErrorKind::InvalidInput, format!("invalid model id \"{model_id}\""))
+            .with_hint("A model id has the form \"owner/name\", for example \"nlpai-lab/KoE5\".")),
     }
 }
 
@@ -76,8 +61,7 @@ pub fn find_cached(cache: &Path, model_id: &str) -> Result<PathBuf> {
                 "Set \"koe5.model_path\" to a sentence-transformers model directory, or run SELECT koe5_download() as a superuser where the network allows.",
             )
     };
-    let commit =
-        std::fs::read_to_string(repo.join("refs").join("main")).map_err(|_| not_found())?;
+    let commit = std::fs::read_to_string(repo.join("refs").join("main")).map_err(|_| not_found())?;
     let commit = commit.trim();
     if commit.is_empty() || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(not_found());
@@ -95,15 +79,9 @@ pub fn find_cached(cache: &Path, model_id: &str) -> Result<PathBuf> {
 pub fn download(cache: &Path, model_id: &str) -> Result<PathBuf> {
     let (owner, name) = check_model_id(model_id)?;
     let fail = |e: &dyn std::fmt::Display| {
-        Error::new(
-            ErrorKind::Download,
-            format!("could not download model \"{model_id}\": {e}"),
-        )
+        Error::new(ErrorKind::Download, format!("could not download model \"{model_id}\": {e}"))
     };
-    let client = hf_hub::HFClient::builder()
-        .cache_dir(cache)
-        .build_sync()
-        .map_err(|e| fail(&e))?;
+    let client = hf_hub::HFClient::builder().cache_dir(cache).build_sync().map_err(|e| fail(&e))?;
     client
         .model(owner, name)
         .snapshot_download()
@@ -120,11 +98,7 @@ mod tests {
     fn model_ids_are_checked() {
         assert!(check_model_id("nlpai-lab/KoE5").is_ok());
         for bad in ["KoE5", "../x", "a/..", "a/b/c", "a b/c", "/x", ""] {
-            assert_eq!(
-                check_model_id(bad).unwrap_err().kind,
-                ErrorKind::InvalidInput,
-                "{bad}"
-            );
+            assert_eq!(check_model_id(bad).unwrap_err().kind, ErrorKind::InvalidInput, "{bad}");
         }
     }
 

@@ -42,25 +42,28 @@ impl Embedder {
     pub fn load(dir: &Path) -> Result<Embedder> {
         let start = Instant::now();
         let spec = ModelSpec::read(dir)?;
-        let tokenizer =
-            TextTokenizer::from_file(&spec.tokenizer, spec.max_tokens, spec.do_lower_case)?;
+        let tokenizer = TextTokenizer::from_file(&spec.tokenizer, spec.max_tokens, spec.do_lower_case)?;
         let device = Device::Cpu;
+        // A weights file rewritten in place while mapped can fault the process; a
+        // change noticed here at least never yields a half-old, half-new model.
+        // Replace model files by renaming a new directory into place.
+        let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| Ok((m.len(), m.modified()?))).ok();
+        let before = stamp(&spec.weights);
         let encoder = {
             // SAFETY: the mapping lives only while the tensors are copied out of it;
             // candle checks the header against the file size before reading.
-            let vb = unsafe {
-                VarBuilder::from_mmaped_safetensors(&[&spec.weights], DType::F32, &device)
-            }
-            .map_err(|e| Error::weights(&spec.weights, e))?;
-            model::Encoder::new(&spec.encoder, spec.activation, vb)
-                .map_err(|e| Error::weights(&spec.weights, e))?
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&spec.weights], DType::F32, &device) }
+                .map_err(|e| Error::weights(&spec.weights, e))?;
+            model::Encoder::new(&spec.encoder, spec.activation, vb).map_err(|e| Error::weights(&spec.weights, e))?
         };
-        Ok(Embedder {
-            spec,
-            tokenizer,
-            encoder,
-            load_time: start.elapsed(),
-        })
+        if stamp(&spec.weights) != before {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("model file \"{}\" changed while it was being loaded", spec.weights.display()),
+            )
+            .with_hint("Replace a model by renaming a complete new directory into place, then retry."));
+        }
+        Ok(Embedder { spec, tokenizer, encoder, load_time: start.elapsed() })
     }
 
     pub fn dimension(&self) -> usize {
@@ -77,38 +80,19 @@ impl Embedder {
     }
 
     /// Tokens of the prefixed text before truncation, special tokens included.
-    pub fn token_count(&self, kind: Kind, text: &str) -> Result<usize> {
-        self.tokenizer.count(kind, text)
+    pub fn token_count(&self, kind: Kind, text: &str, interrupt: &mut dyn FnMut()) -> Result<usize> {
+        self.tokenizer.count(kind, text, interrupt)
     }
 
-    pub fn embed_one(
-        &self,
-        kind: Kind,
-        text: &str,
-        interrupt: &mut dyn FnMut(),
-    ) -> Result<Vec<f32>> {
+    pub fn embed_one(&self, kind: Kind, text: &str, interrupt: &mut dyn FnMut()) -> Result<Vec<f32>> {
         let ids = self.tokenize(kind, text)?;
-        Ok(self
-            .embed_ids(&[ids], interrupt)?
-            .pop()
-            .expect("one input gives one vector"))
+        Ok(self.embed_ids(&[ids], interrupt)?.pop().expect("one input gives one vector"))
     }
 
     /// Embeds `texts` in padded batches under the default token budget. Results are
     /// in input order. `interrupt` runs between tokenizations and between layers.
-    pub fn embed_many(
-        &self,
-        kind: Kind,
-        texts: &[&str],
-        interrupt: &mut dyn FnMut(),
-    ) -> Result<Vec<Vec<f32>>> {
-        self.embed_many_with(
-            kind,
-            texts,
-            DEFAULT_TOKEN_BUDGET,
-            DEFAULT_MAX_BATCH,
-            interrupt,
-        )
+    pub fn embed_many(&self, kind: Kind, texts: &[&str], interrupt: &mut dyn FnMut()) -> Result<Vec<Vec<f32>>> {
+        self.embed_many_with(kind, texts, DEFAULT_TOKEN_BUDGET, DEFAULT_MAX_BATCH, interrupt)
     }
 
     pub fn embed_many_with(
@@ -127,27 +111,17 @@ impl Embedder {
         let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
         let mut out: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
         for group in batch::plan(&lens, token_budget, max_batch) {
-            let batch_seqs: Vec<Vec<u32>> = group
-                .iter()
-                .map(|&i| std::mem::take(&mut seqs[i]))
-                .collect();
+            let batch_seqs: Vec<Vec<u32>> = group.iter().map(|&i| std::mem::take(&mut seqs[i])).collect();
             let vectors = self.embed_ids(&batch_seqs, interrupt)?;
             for (i, v) in group.into_iter().zip(vectors) {
                 out[i] = Some(v);
             }
         }
-        Ok(out
-            .into_iter()
-            .map(|v| v.expect("every input is in one batch"))
-            .collect())
+        Ok(out.into_iter().map(|v| v.expect("every input is in one batch")).collect())
     }
 
     /// One forward pass over token sequences, padded to the longest.
-    pub fn embed_ids(
-        &self,
-        seqs: &[Vec<u32>],
-        interrupt: &mut dyn FnMut(),
-    ) -> Result<Vec<Vec<f32>>> {
+    pub fn embed_ids(&self, seqs: &[Vec<u32>], interrupt: &mut dyn FnMut()) -> Result<Vec<Vec<f32>>> {
         let width = seqs.iter().map(Vec::len).max().unwrap_or(0);
         if width == 0 {
             return Ok(vec![]);
@@ -159,10 +133,7 @@ impl Embedder {
             ids.extend(std::iter::repeat(pad).take(width - s.len()));
         }
         let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
-        let hidden = self
-            .encoder
-            .forward(&ids, &lens, width, interrupt)
-            .map_err(Error::inference)?;
+        let hidden = self.encoder.forward(&ids, &lens, width, interrupt).map_err(Error::inference)?;
         let dim = self.dimension();
         Ok(lens
             .iter()
@@ -179,24 +150,21 @@ impl Embedder {
     }
 }
 
-/// SHA-256 of a file, hex-encoded, read in 1 MiB pieces.
-pub fn sha256_file(path: &Path) -> Result<String> {
+/// SHA-256 of a file, hex-encoded, read in 1 MiB pieces; `interrupt` runs between pieces.
+pub fn sha256_file(path: &Path, interrupt: &mut dyn FnMut()) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
+        interrupt();
         let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Cosine similarity of two vectors of equal length; `None` when either is all zeros.

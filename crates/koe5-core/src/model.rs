@@ -32,19 +32,10 @@ impl Embeddings {
     fn new(cfg: &EncoderConfig, vb: VarBuilder) -> CResult<Self> {
         let h = cfg.hidden_size;
         let word = candle_nn::embedding(cfg.vocab_size, h, vb.pp("word_embeddings"))?;
-        let position =
-            candle_nn::embedding(cfg.max_position_embeddings, h, vb.pp("position_embeddings"))?;
-        let token_type = vb
-            .pp("token_type_embeddings")
-            .get((cfg.type_vocab_size, h), "weight")?;
+        let position = candle_nn::embedding(cfg.max_position_embeddings, h, vb.pp("position_embeddings"))?;
+        let token_type = vb.pp("token_type_embeddings").get((cfg.type_vocab_size, h), "weight")?;
         let norm = layer_norm(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?;
-        Ok(Embeddings {
-            word,
-            position,
-            token_type0: token_type.get(0)?,
-            norm,
-            pad_id: cfg.pad_token_id,
-        })
+        Ok(Embeddings { word, position, token_type0: token_type.get(0)?, norm, pad_id: cfg.pad_token_id })
     }
 
     /// `ids` is `batch × seq`, row-major, padded with the pad id.
@@ -110,9 +101,7 @@ impl Layer {
     /// `x` is `(batch·seq) × hidden`; `mask` is `batch × 1 × 1 × seq`, 0 or -inf.
     fn forward(&self, x: &Tensor, mask: &Tensor, batch: usize, seq: usize) -> CResult<Tensor> {
         let split = |t: Tensor| -> CResult<Tensor> {
-            t.reshape((batch, seq, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
+            t.reshape((batch, seq, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
         };
         let q = split(self.query.forward(x)?)?;
         let k = split(self.key.forward(x)?)?;
@@ -120,14 +109,9 @@ impl Layer {
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let ctx = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((batch * seq, self.heads * self.head_dim))?;
-        let attn = self
-            .attn_norm
-            .forward(&(self.attn_out.forward(&ctx)? + x)?)?;
+        let ctx =
+            probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * seq, self.heads * self.head_dim))?;
+        let attn = self.attn_norm.forward(&(self.attn_out.forward(&ctx)? + x)?)?;
         let inter = self.inter.forward(&attn)?;
         let inter = match self.activation {
             Activation::GeluErf => inter.gelu_erf()?,
@@ -158,12 +142,7 @@ impl Encoder {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::new(cfg, activation, vb.pp(format!("encoder.layer.{i}"))))
             .collect::<CResult<Vec<_>>>()?;
-        Ok(Encoder {
-            embeddings,
-            layers,
-            hidden: cfg.hidden_size,
-            device: vb.device().clone(),
-        })
+        Ok(Encoder { embeddings, layers, hidden: cfg.hidden_size, device: vb.device().clone() })
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -173,13 +152,7 @@ impl Encoder {
     /// Runs the encoder over `batch` sequences padded to `seq` tokens. `lens[i]` is
     /// the number of real tokens of sequence `i`. Returns the last hidden state,
     /// `(batch·seq) × hidden`, row-major. `interrupt` runs before each layer.
-    pub fn forward(
-        &self,
-        ids: &[u32],
-        lens: &[usize],
-        seq: usize,
-        interrupt: &mut dyn FnMut(),
-    ) -> CResult<Vec<f32>> {
+    pub fn forward(&self, ids: &[u32], lens: &[usize], seq: usize, interrupt: &mut dyn FnMut()) -> CResult<Vec<f32>> {
         let batch = lens.len();
         debug_assert_eq!(ids.len(), batch * seq);
         let mut mask = Vec::with_capacity(batch * seq);

@@ -31,32 +31,20 @@ impl Pooling {
             "pooling_mode_weightedmean_tokens",
             "pooling_mode_lasttoken",
         ];
-        let on: Vec<&str> = MODES
-            .iter()
-            .copied()
-            .filter(|m| value.get(*m).and_then(|v| v.as_bool()).unwrap_or(false))
-            .collect();
+        let on: Vec<&str> =
+            MODES.iter().copied().filter(|m| value.get(*m).and_then(|v| v.as_bool()).unwrap_or(false)).collect();
         match on.as_slice() {
             ["pooling_mode_cls_token"] => Ok(Pooling::Cls),
             ["pooling_mode_mean_tokens"] => Ok(Pooling::Mean),
             [] => Err(Error::config(path, "no pooling mode is enabled")),
             [one] => Err(Error::new(
                 ErrorKind::Unsupported,
-                format!(
-                    "unsupported pooling mode \"{one}\" in \"{}\"",
-                    path.display()
-                ),
+                format!("unsupported pooling mode \"{one}\" in \"{}\"", path.display()),
             )
-            .with_detail(
-                "koe5 supports \"pooling_mode_mean_tokens\" and \"pooling_mode_cls_token\".",
-            )),
+            .with_detail("koe5 supports \"pooling_mode_mean_tokens\" and \"pooling_mode_cls_token\".")),
             many => Err(Error::new(
                 ErrorKind::Unsupported,
-                format!(
-                    "unsupported combination of pooling modes {} in \"{}\"",
-                    many.join(", "),
-                    path.display()
-                ),
+                format!("unsupported combination of pooling modes {} in \"{}\"", many.join(", "), path.display()),
             )
             .with_detail("koe5 supports exactly one pooling mode per model.")),
         }
@@ -115,26 +103,13 @@ mod tests {
     #[test]
     fn pooling_config_modes() {
         let p = Path::new("1_Pooling/config.json");
-        assert_eq!(
-            Pooling::from_config(&json!({"pooling_mode_mean_tokens": true}), p).unwrap(),
-            Pooling::Mean
-        );
-        assert_eq!(
-            Pooling::from_config(&json!({"pooling_mode_cls_token": true}), p).unwrap(),
-            Pooling::Cls
-        );
+        assert_eq!(Pooling::from_config(&json!({"pooling_mode_mean_tokens": true}), p).unwrap(), Pooling::Mean);
+        assert_eq!(Pooling::from_config(&json!({"pooling_mode_cls_token": true}), p).unwrap(), Pooling::Cls);
         let e = Pooling::from_config(&json!({"pooling_mode_max_tokens": true}), p).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unsupported);
-        assert!(
-            e.message.contains("pooling_mode_max_tokens"),
-            "{}",
-            e.message
-        );
-        let e = Pooling::from_config(
-            &json!({"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}),
-            p,
-        )
-        .unwrap_err();
+        assert!(e.message.contains("pooling_mode_max_tokens"), "{}", e.message);
+        let e = Pooling::from_config(&json!({"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}), p)
+            .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unsupported);
         let e = Pooling::from_config(&json!({}), p).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidConfig);

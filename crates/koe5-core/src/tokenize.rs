@@ -37,6 +37,12 @@ impl Kind {
 const FIRST_WINDOW: usize = 16 * 1024;
 /// Texts are counted in pieces of about this many bytes.
 const COUNT_SEGMENT: usize = 64 * 1024;
+/// The longest prefix ever tokenized for an embedding. 510 tokens never need more:
+/// no XLM-R piece is longer than a few dozen bytes. A text with no plain word boundary
+/// in its first 64 KiB (one huge run without spaces) is cut at a character boundary here.
+const HARD_WINDOW: usize = 64 * 1024;
+/// Above this size a text is never tokenized whole for an embedding.
+const WHOLE_TEXT_LIMIT: usize = 16 << 20;
 
 pub struct TextTokenizer {
     inner: Tokenizer,
@@ -44,6 +50,9 @@ pub struct TextTokenizer {
     eos: u32,
     max_tokens: usize,
     lower_case: bool,
+    /// Whether the tokenizer is shaped like XLM-R's, for which prefix tokenization is
+    /// exact. Any other tokenizer gets whole texts.
+    local: bool,
 }
 
 /// Python's `str.isspace()`: Unicode White_Space plus the four information separators
@@ -55,9 +64,7 @@ fn is_py_space(c: char) -> bool {
 /// A character that never joins a neighbouring space into one grapheme or one
 /// normalisation unit: ASCII letters and digits, Hangul syllables, CJK ideographs.
 fn is_plain(c: char) -> bool {
-    c.is_ascii_alphanumeric()
-        || ('\u{ac00}'..='\u{d7a3}').contains(&c)
-        || ('\u{4e00}'..='\u{9fff}').contains(&c)
+    c.is_ascii_alphanumeric() || ('\u{ac00}'..='\u{d7a3}').contains(&c) || ('\u{4e00}'..='\u{9fff}').contains(&c)
 }
 
 /// The largest byte index `i <= limit` (and `> limit / 2`) where `s[i]` is a plain space
@@ -81,28 +88,60 @@ fn word_cut(s: &str, limit: usize) -> Option<usize> {
     None
 }
 
+/// Where to cut when no plain word boundary exists: the last whitespace in the second
+/// half of `s[..limit]`, else the last character boundary.
+fn any_cut(s: &str, limit: usize) -> usize {
+    let mut end = limit.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end]
+        .char_indices()
+        .rev()
+        .take_while(|(i, _)| *i > limit / 2)
+        .find(|(_, c)| c.is_whitespace())
+        .map_or(end, |(i, _)| i)
+}
+
+/// True when tokenization is local to space-separated words, so that a prefix cut at
+/// a plain space yields the first tokens of the whole text: a normalizer of
+/// Precompiled maps and space-run collapsing, a splitting Metaspace pre-tokenizer, a
+/// Unigram model, and no special token containing whitespace (XLM-R's tokenizer.json).
+fn tokenization_is_local(tok: &Tokenizer) -> bool {
+    use tokenizers::models::ModelWrapper;
+    use tokenizers::normalizers::NormalizerWrapper as N;
+    use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+    let plain_normalizer = |n: &N| match n {
+        N::Precompiled(_) => true,
+        N::Replace(r) => {
+            serde_json::to_value(r).map(|v| v["pattern"]["Regex"] == " {2,}" && v["content"] == " ").unwrap_or(false)
+        }
+        _ => false,
+    };
+    let normalizer = match tok.get_normalizer() {
+        None => true,
+        Some(N::Sequence(seq)) => seq.as_ref().iter().all(plain_normalizer),
+        Some(n) => plain_normalizer(n),
+    };
+    let pre = matches!(tok.get_pre_tokenizer(), Some(PreTokenizerWrapper::Metaspace(m)) if m.get_split());
+    let model = matches!(tok.get_model(), ModelWrapper::Unigram(_));
+    let added = tok.get_added_tokens_decoder().values().all(|t| !t.content.chars().any(char::is_whitespace));
+    normalizer && pre && model && added
+}
+
 impl TextTokenizer {
     pub fn from_file(path: &Path, max_tokens: usize, lower_case: bool) -> Result<TextTokenizer> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidConfig,
-                format!("invalid tokenizer file \"{}\": {e}", path.display()),
-            )
+            Error::new(ErrorKind::InvalidConfig, format!("invalid tokenizer file \"{}\": {e}", path.display()))
         })?;
-        inner
-            .with_truncation(None)
-            .map_err(|e| Error::config(path, e))?;
+        inner.with_truncation(None).map_err(|e| Error::config(path, e))?;
         inner.with_padding(None);
 
         // Learn the special tokens the post-processor wraps a single text in.
         let probe = "a";
-        let with = inner
-            .encode_fast(probe, true)
-            .map_err(|e| Error::config(path, e))?;
-        let without = inner
-            .encode_fast(probe, false)
-            .map_err(|e| Error::config(path, e))?;
+        let with = inner.encode_fast(probe, true).map_err(|e| Error::config(path, e))?;
+        let without = inner.encode_fast(probe, false).map_err(|e| Error::config(path, e))?;
         let (w, wo) = (with.get_ids(), without.get_ids());
         if w.len() != wo.len() + 2 || w[1..w.len() - 1] != *wo {
             return Err(Error::new(
@@ -111,13 +150,8 @@ impl TextTokenizer {
             )
             .with_detail("koe5 expects one special token before and one after each text, as XLM-R's <s> and </s>."));
         }
-        Ok(TextTokenizer {
-            bos: w[0],
-            eos: w[w.len() - 1],
-            inner,
-            max_tokens,
-            lower_case,
-        })
+        let local = tokenization_is_local(&inner);
+        Ok(TextTokenizer { bos: w[0], eos: w[w.len() - 1], inner, max_tokens, lower_case, local })
     }
 
     pub fn max_tokens(&self) -> usize {
@@ -140,12 +174,10 @@ impl TextTokenizer {
     }
 
     fn content(&self, s: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode_fast(s, false).map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidInput,
-                format!("could not tokenize text: {e}"),
-            )
-        })?;
+        let enc = self
+            .inner
+            .encode_fast(s, false)
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("could not tokenize text: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -159,18 +191,26 @@ impl TextTokenizer {
         let budget = self.max_tokens - 2;
         let mut window = first_window;
         let mut content = loop {
-            if window >= text.len() {
+            if window >= text.len() || !self.local {
                 break self.content(&self.prepare(kind, text))?;
             }
             // A prefix that ends at a plain word keeps its end unstripped, as the
-            // whole text would.
-            if let Some(cut) = word_cut(text, window) {
+            // whole text would. Past the hard window, any boundary will do.
+            let last = window >= HARD_WINDOW;
+            let cut = word_cut(text, window).or_else(|| last.then(|| any_cut(text, window)));
+            if let Some(cut) = cut {
                 let ids = self.content(&self.prepare(kind, &text[..cut]))?;
                 if ids.len() >= budget {
                     break ids;
                 }
+                // 64 KiB that hold fewer than 510 tokens are mostly whitespace, which the
+                // prefix would strip at its end: tokenize the whole text if that is
+                // affordable, else accept the prefix.
+                if last {
+                    break if text.len() <= WHOLE_TEXT_LIMIT { self.content(&self.prepare(kind, text))? } else { ids };
+                }
             }
-            window = window.saturating_mul(4);
+            window = window.saturating_mul(4).min(HARD_WINDOW.max(first_window));
         };
         content.truncate(budget);
         let mut ids = Vec::with_capacity(content.len() + 2);
@@ -182,23 +222,28 @@ impl TextTokenizer {
 
     /// How many tokens the model would see for `text` before truncation, prefix and
     /// special tokens included. Long texts are counted piece by piece at word
-    /// boundaries, so memory stays bounded.
-    pub fn count(&self, kind: Kind, text: &str) -> Result<usize> {
+    /// boundaries, so memory stays bounded; inside a run of more than 64 KiB without a
+    /// plain space the pieces are cut anywhere, and the count there may be off by a
+    /// token or two per cut. `interrupt` runs between pieces.
+    pub fn count(&self, kind: Kind, text: &str, interrupt: &mut dyn FnMut()) -> Result<usize> {
         let s = self.prepare(kind, text);
-        self.count_prepared(&s, COUNT_SEGMENT)
+        let segment = if self.local { COUNT_SEGMENT } else { usize::MAX };
+        self.count_prepared(&s, segment, interrupt)
     }
 
-    fn count_prepared(&self, s: &str, segment: usize) -> Result<usize> {
+    fn count_prepared(&self, s: &str, segment: usize, interrupt: &mut dyn FnMut()) -> Result<usize> {
         let mut total = 2;
         let mut rest = s;
         while rest.len() > segment {
-            match word_cut(rest, segment) {
-                Some(cut) => {
-                    total += self.content(&rest[..cut])?.len();
-                    rest = &rest[cut..];
-                }
-                None => break,
-            }
+            interrupt();
+            // A plain word boundary anywhere between half and four times the segment
+            // keeps the count exact; only a run with none is cut anywhere.
+            let cut = [segment, 2 * segment, 4 * segment]
+                .iter()
+                .find_map(|&limit| word_cut(rest, limit))
+                .unwrap_or_else(|| any_cut(rest, segment));
+            total += self.content(&rest[..cut])?.len();
+            rest = &rest[cut..];
         }
         total += self.content(rest)?.len();
         Ok(total)
@@ -216,23 +261,13 @@ impl TextTokenizer {
     }
 
     #[cfg(test)]
-    pub(crate) fn encode_with_window(
-        &self,
-        kind: Kind,
-        text: &str,
-        window: usize,
-    ) -> Result<Vec<u32>> {
+    pub(crate) fn encode_with_window(&self, kind: Kind, text: &str, window: usize) -> Result<Vec<u32>> {
         self.encode_windowed(kind, text, window)
     }
 
     #[cfg(test)]
-    pub(crate) fn count_with_segment(
-        &self,
-        kind: Kind,
-        text: &str,
-        segment: usize,
-    ) -> Result<usize> {
-        self.count_prepared(&self.prepare(kind, text), segment)
+    pub(crate) fn count_with_segment(&self, kind: Kind, text: &str, segment: usize) -> Result<usize> {
+        self.count_prepared(&self.prepare(kind, text), segment, &mut || {})
     }
 }
 
@@ -264,8 +299,7 @@ mod bounded_tests {
     use super::*;
 
     fn tokenizer() -> TextTokenizer {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures/tiny-xlmr/tokenizer.json");
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-xlmr/tokenizer.json");
         TextTokenizer::from_file(&p, 512, false).unwrap()
     }
 
@@ -287,12 +321,26 @@ mod bounded_tests {
         for text in long_texts() {
             let whole = t.encode_unbounded(Kind::Passage, &text).unwrap();
             for window in [512, 2048, 16 * 1024] {
-                assert_eq!(
-                    t.encode_with_window(Kind::Passage, &text, window).unwrap(),
-                    whole,
-                    "window {window}"
-                );
+                assert_eq!(t.encode_with_window(Kind::Passage, &text, window).unwrap(), whole, "window {window}");
             }
+        }
+    }
+
+    #[test]
+    fn xlmr_tokenizer_is_recognised_as_local() {
+        assert!(tokenizer().local);
+    }
+
+    #[test]
+    fn unspaced_text_is_cut_at_the_hard_window_with_the_same_tokens() {
+        let t = tokenizer();
+        // 300 KB of Chinese and of Korean without a single space: one "word" each.
+        for unit in ["中华人民共和国宪法规定国家的根本制度。", "대한민국의모든국민은인간으로서의존엄과가치를가진다"]
+        {
+            let text = unit.repeat(300_000 / unit.len());
+            let whole = t.encode_unbounded(Kind::Passage, &text).unwrap();
+            assert_eq!(whole.len(), 512);
+            assert_eq!(t.encode(Kind::Passage, &text).unwrap(), whole);
         }
     }
 
@@ -302,12 +350,11 @@ mod bounded_tests {
         for text in long_texts() {
             let s = t.prepare(Kind::Passage, &text);
             let whole = t.content(&s).unwrap().len() + 2;
+            if !text.contains(' ') {
+                continue; // cut anywhere: approximate by design
+            }
             for segment in [300, 4096] {
-                assert_eq!(
-                    t.count_with_segment(Kind::Passage, &text, segment).unwrap(),
-                    whole,
-                    "segment {segment}"
-                );
+                assert_eq!(t.count_with_segment(Kind::Passage, &text, segment).unwrap(), whole, "segment {segment}");
             }
         }
     }

@@ -28,11 +28,7 @@ fn copy_fixture(tag: &str, copy_weights: bool) -> PathBuf {
             fs::copy(&p, dir.join(&name)).unwrap();
         }
     }
-    fs::copy(
-        fixture().join("1_Pooling/config.json"),
-        dir.join("1_Pooling/config.json"),
-    )
-    .unwrap();
+    fs::copy(fixture().join("1_Pooling/config.json"), dir.join("1_Pooling/config.json")).unwrap();
     dir
 }
 
@@ -47,10 +43,7 @@ fn load_err(dir: &Path) -> koe5_core::Error {
 fn missing_directory() {
     let e = load_err(Path::new("/nonexistent/koe5-model"));
     assert_eq!(e.kind, ErrorKind::MissingFile);
-    assert_eq!(
-        e.message,
-        "model directory \"/nonexistent/koe5-model\" does not exist"
-    );
+    assert_eq!(e.message, "model directory \"/nonexistent/koe5-model\" does not exist");
 }
 
 #[test]
@@ -68,12 +61,7 @@ fn truncated_weights() {
     let dir = copy_fixture("trunc", true);
     let w = dir.join("model.safetensors");
     let len = fs::metadata(&w).unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&w)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    fs::OpenOptions::new().write(true).open(&w).unwrap().set_len(len / 2).unwrap();
     let e = load_err(&dir);
     assert_eq!(e.kind, ErrorKind::CorruptWeights);
     assert!(e.message.contains("model.safetensors"), "{}", e.message);
@@ -83,35 +71,21 @@ fn truncated_weights() {
 #[test]
 fn another_architecture() {
     let dir = copy_fixture("bert", false);
-    let cfg = fs::read_to_string(dir.join("config.json"))
-        .unwrap()
-        .replace("\"xlm-roberta\"", "\"bert\"");
+    let cfg = fs::read_to_string(dir.join("config.json")).unwrap().replace("\"xlm-roberta\"", "\"bert\"");
     fs::write(dir.join("config.json"), cfg).unwrap();
     let e = load_err(&dir);
     assert_eq!(e.kind, ErrorKind::Unsupported);
-    assert!(
-        e.message.contains("\"bert\"") && e.message.contains("config.json"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("\"bert\"") && e.message.contains("config.json"), "{}", e.message);
     fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn malformed_json_and_unsupported_pooling() {
     let dir = copy_fixture("json", false);
-    fs::write(
-        dir.join("1_Pooling/config.json"),
-        r#"{"pooling_mode_max_tokens": true}"#,
-    )
-    .unwrap();
+    fs::write(dir.join("1_Pooling/config.json"), r#"{"pooling_mode_max_tokens": true}"#).unwrap();
     let e = load_err(&dir);
     assert_eq!(e.kind, ErrorKind::Unsupported);
-    assert!(
-        e.message.contains("pooling_mode_max_tokens"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("pooling_mode_max_tokens"), "{}", e.message);
     fs::write(dir.join("modules.json"), "[{").unwrap();
     let e = load_err(&dir);
     assert_eq!(e.kind, ErrorKind::InvalidConfig);
@@ -130,10 +104,6 @@ fn module_paths_cannot_leave_the_model_directory() {
     .unwrap();
     let e = load_err(&dir);
     assert_eq!(e.kind, ErrorKind::InvalidConfig);
-    assert!(
-        e.message.contains("leaves the model directory"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("leaves the model directory"), "{}", e.message);
     fs::remove_dir_all(&dir).unwrap();
 }

@@ -18,39 +18,24 @@ fn expected() -> Vec<Value> {
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 /// (cosine, max |difference|)
 fn compare(got: &[f32], want: &[f32]) -> (f32, f32) {
     assert_eq!(got.len(), want.len());
     let cos = koe5_core::cosine(got, want).unwrap();
-    let diff = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     (cos, diff)
 }
 
 fn assert_close(name: &str, got: &[f32], want: &[f32]) {
     let (cos, diff) = compare(got, want);
-    assert!(
-        cos >= 0.99999 && diff <= 1e-5,
-        "{name}: cosine {cos}, max diff {diff}"
-    );
+    assert!(cos >= 0.99999 && diff <= 1e-5, "{name}: cosine {cos}, max diff {diff}");
 }
 
 fn kinds() -> [(Kind, &'static str); 2] {
@@ -66,14 +51,10 @@ fn token_ids_and_counts_match_the_reference() {
         let name = c["name"].as_str().unwrap();
         let text = c["text"].as_str().unwrap();
         for (kind, key) in kinds() {
-            assert_eq!(
-                e.tokenize(kind, text).unwrap(),
-                ids(&c[key]["ids"]),
-                "{name} {key}"
-            );
+            assert_eq!(e.tokenize(kind, text).unwrap(), ids(&c[key]["ids"]), "{name} {key}");
         }
         assert_eq!(
-            e.token_count(Kind::Passage, text).unwrap() as u64,
+            e.token_count(Kind::Passage, text, &mut || {}).unwrap() as u64,
             c["passage_token_count"].as_u64().unwrap(),
             "{name}"
         );
@@ -87,9 +68,7 @@ fn single_vectors_match_the_reference() {
     for c in &expected() {
         let name = c["name"].as_str().unwrap();
         for (kind, key) in kinds() {
-            let got = e
-                .embed_one(kind, c["text"].as_str().unwrap(), &mut || {})
-                .unwrap();
+            let got = e.embed_one(kind, c["text"].as_str().unwrap(), &mut || {}).unwrap();
             let want = floats(&c[key]["embedding"]);
             assert_close(&format!("{name} {key}"), &got, &want);
             let (cos, diff) = compare(&got, &want);
@@ -108,16 +87,10 @@ fn batches_of_mixed_lengths_match_the_reference() {
     // A small budget forces many batches of different widths; a large one few wide ones.
     for (budget, max_batch) in [(600, 4), (8192, 64)] {
         for (kind, key) in kinds() {
-            let got = e
-                .embed_many_with(kind, &texts, budget, max_batch, &mut || {})
-                .unwrap();
+            let got = e.embed_many_with(kind, &texts, budget, max_batch, &mut || {}).unwrap();
             assert_eq!(got.len(), cases.len());
             for (c, v) in cases.iter().zip(&got) {
-                assert_close(
-                    &format!("{} {key} budget {budget}", c["name"]),
-                    v,
-                    &floats(&c[key]["embedding"]),
-                );
+                assert_close(&format!("{} {key} budget {budget}", c["name"]), v, &floats(&c[key]["embedding"]));
             }
         }
     }
@@ -132,11 +105,7 @@ fn cls_pooling_without_normalisation_and_a_shorter_limit() {
     for c in &expected() {
         let name = c["name"].as_str().unwrap();
         let text = c["text"].as_str().unwrap();
-        assert_eq!(
-            e.tokenize(Kind::Passage, text).unwrap(),
-            ids(&c["cls"]["ids"]),
-            "{name}"
-        );
+        assert_eq!(e.tokenize(Kind::Passage, text).unwrap(), ids(&c["cls"]["ids"]), "{name}");
         let got = e.embed_one(Kind::Passage, text, &mut || {}).unwrap();
         assert_close(name, &got, &floats(&c["cls"]["embedding"]));
     }
@@ -146,13 +115,11 @@ fn cls_pooling_without_normalisation_and_a_shorter_limit() {
 fn interrupt_hook_runs_between_layers_and_can_stop_the_work() {
     let e = Embedder::load(&fixtures().join("tiny-xlmr")).unwrap();
     let mut calls = 0;
-    e.embed_one(Kind::Query, "헌법재판소", &mut || calls += 1)
-        .unwrap();
+    e.embed_one(Kind::Query, "헌법재판소", &mut || calls += 1).unwrap();
     assert_eq!(calls, e.spec.encoder.num_hidden_layers);
     // A hook that panics (as PostgreSQL's cancel does, through pgrx) unwinds out.
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        e.embed_many(Kind::Passage, &["가"; 10], &mut || panic!("canceled"))
-            .unwrap()
+        e.embed_many(Kind::Passage, &["가"; 10], &mut || panic!("canceled")).unwrap()
     }));
     assert!(r.is_err());
 }
