@@ -1,0 +1,42 @@
+//! Embeds every non-empty line of a text file with the core alone and reports where
+//! the time went (tokenizing vs. the whole batch path). A quick check, not a benchmark:
+//!
+//!   cargo run -p koe5-core --example embed_lines -- MODEL_DIR FILE [passage|query]
+
+use std::time::Instant;
+
+use koe5_core::{Embedder, Kind};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        eprintln!("usage: embed_lines MODEL_DIR FILE [passage|query]");
+        std::process::exit(2);
+    }
+    let kind = if args.get(3).map(String::as_str) == Some("query") { Kind::Query } else { Kind::Passage };
+    let t = Instant::now();
+    let e = Embedder::load(std::path::Path::new(&args[1])).unwrap_or_else(|err| panic!("{err}"));
+    println!("load: {:.3} s", t.elapsed().as_secs_f64());
+    let text = std::fs::read_to_string(&args[2]).unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+
+    let t = Instant::now();
+    let tokens: usize = lines.iter().map(|l| e.tokenize(kind, l).unwrap().len()).sum();
+    let tok_s = t.elapsed().as_secs_f64();
+    println!(
+        "tokenize: {} texts, {tokens} tokens in {tok_s:.3} s ({:.0} tokens/s)",
+        lines.len(),
+        tokens as f64 / tok_s
+    );
+
+    let t = Instant::now();
+    let vectors = e.embed_many(kind, &lines, &mut || {}).unwrap();
+    let all_s = t.elapsed().as_secs_f64();
+    println!(
+        "embed: {} vectors of {} in {all_s:.3} s ({:.0} tokens/s, {:.1} texts/s)",
+        vectors.len(),
+        e.dimension(),
+        tokens as f64 / all_s,
+        lines.len() as f64 / all_s
+    );
+}
