@@ -1,7 +1,9 @@
-//! Embeds every non-empty line of a text file with the core alone and reports where
-//! the time went (tokenizing vs. the whole batch path). A quick check, not a benchmark:
+//! Embeds every non-empty line of a text file (or every string of a JSON array, for a
+//! file ending in .json) with the core alone and reports where the time went
+//! (tokenizing vs. the whole batch path); optionally writes the vectors as a JSON array.
+//! A quick check, not a benchmark:
 //!
-//!   cargo run -p koe5-core --example embed_lines -- MODEL_DIR FILE [passage|query]
+//!   cargo run -p koe5-core --example embed_lines -- MODEL_DIR FILE [passage|query] [OUT.json]
 
 use std::time::Instant;
 
@@ -18,7 +20,12 @@ fn main() {
     let e = Embedder::load(std::path::Path::new(&args[1])).unwrap_or_else(|err| panic!("{err}"));
     println!("load: {:.3} s", t.elapsed().as_secs_f64());
     let text = std::fs::read_to_string(&args[2]).unwrap();
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let owned: Vec<String> = if args[2].ends_with(".json") {
+        serde_json::from_str(&text).unwrap()
+    } else {
+        text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect()
+    };
+    let lines: Vec<&str> = owned.iter().map(String::as_str).collect();
 
     let t = Instant::now();
     let tokens: usize = lines.iter().map(|l| e.tokenize(kind, l).unwrap().len()).sum();
@@ -39,4 +46,7 @@ fn main() {
         tokens as f64 / all_s,
         lines.len() as f64 / all_s
     );
+    if let Some(out) = args.get(4) {
+        std::fs::write(out, serde_json::to_string(&vectors).unwrap()).unwrap();
+    }
 }

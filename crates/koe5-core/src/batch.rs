@@ -1,9 +1,10 @@
 //! Grouping inputs into padded batches under a token budget.
 
-/// Splits inputs into batches. Inputs are sorted by length (longest first) so each
-/// batch pads little; a batch holds at most `max_batch` inputs and at most
-/// `token_budget` padded tokens (a single input longer than the budget gets a batch
-/// of its own). Returns indices into `lens`.
+/// Splits inputs into batches. Inputs are sorted by length (longest first); a batch
+/// holds at most `max_batch` inputs, at most `token_budget` padded tokens (a single
+/// input longer than the budget gets a batch of its own), and only inputs at least
+/// three quarters as long as its longest, so padding never exceeds a quarter of the
+/// work. Returns indices into `lens`.
 pub fn plan(lens: &[usize], token_budget: usize, max_batch: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lens.len()).collect();
     order.sort_by(|&a, &b| lens[b].cmp(&lens[a]).then(a.cmp(&b)));
@@ -12,7 +13,9 @@ pub fn plan(lens: &[usize], token_budget: usize, max_batch: usize) -> Vec<Vec<us
     for i in order {
         // Sorted longest first: the batch's padded length is its first input's.
         let width = current.first().map_or(lens[i], |&f| lens[f]);
-        if !current.is_empty() && (current.len() >= max_batch || (current.len() + 1) * width > token_budget) {
+        let full = current.len() >= max_batch || (current.len() + 1) * width > token_budget;
+        let too_short = lens[i] * 4 < width * 3;
+        if !current.is_empty() && (full || too_short) {
             batches.push(std::mem::take(&mut current));
         }
         current.push(i);
@@ -38,12 +41,15 @@ mod tests {
             let width = b.iter().map(|&i| lens[i]).max().unwrap();
             assert!(b.len() <= 16);
             assert!(b.len() == 1 || b.len() * width <= 2048, "{b:?}");
+            let shortest = b.iter().map(|&i| lens[i]).min().unwrap();
+            assert!(shortest * 4 >= width * 3, "{b:?} pads more than a quarter");
         }
     }
 
     #[test]
     fn oversized_input_gets_its_own_batch() {
         assert_eq!(plan(&[5000, 10, 10], 1000, 8), vec![vec![0], vec![1, 2]]);
+        assert_eq!(plan(&[512, 100, 512, 90], 4096, 8), vec![vec![0, 2], vec![1, 3]]);
         assert!(plan(&[], 1000, 8).is_empty());
     }
 }
