@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::{join, Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::pooling::Pooling;
 
 /// The subset of Hugging Face's `config.json` that an XLM-R encoder needs.
@@ -144,7 +144,7 @@ impl ModelSpec {
             }
         }
 
-        let config_path = join(dir, "config.json");
+        let config_path = dir.join("config.json");
         require_file(&config_path)?;
         let raw: serde_json::Value = read_json(&config_path)?;
         let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
@@ -183,7 +183,7 @@ impl ModelSpec {
 
         // modules.json decides pooling and normalisation; without it, sentence-transformers
         // itself falls back to mean pooling over a plain transformer.
-        let modules_path = join(dir, "modules.json");
+        let modules_path = dir.join("modules.json");
         let (pooling, normalize) = if modules_path.exists() {
             let modules: Vec<ModuleEntry> = read_json(&modules_path)?;
             let mut pooling = None;
@@ -194,7 +194,7 @@ impl ModelSpec {
                     "Transformer" => {}
                     "Pooling" => {
                         let pdir = module_dir(dir, &modules_path, &m.path)?;
-                        let pconf = join(&pdir, "config.json");
+                        let pconf = pdir.join("config.json");
                         require_file(&pconf)?;
                         let value: serde_json::Value = read_json(&pconf)?;
                         pooling = Some(Pooling::from_config(&value, &pconf)?);
@@ -214,7 +214,7 @@ impl ModelSpec {
             (Pooling::Mean, false)
         };
 
-        let sbert_path = join(dir, "sentence_bert_config.json");
+        let sbert_path = dir.join("sentence_bert_config.json");
         let sbert: SentenceConfig =
             if sbert_path.exists() { read_json(&sbert_path)? } else { SentenceConfig::default() };
         let cap = encoder.max_tokens();
@@ -223,9 +223,9 @@ impl ModelSpec {
             return Err(Error::config(&sbert_path, "max_seq_length must be at least 3"));
         }
 
-        let weights = join(dir, "model.safetensors");
+        let weights = dir.join("model.safetensors");
         require_file(&weights)?;
-        let tokenizer = join(dir, "tokenizer.json");
+        let tokenizer = dir.join("tokenizer.json");
         require_file(&tokenizer)?;
 
         Ok(ModelSpec {

@@ -2,7 +2,7 @@
 //! PostgreSQL glue can give it a fitting SQLSTATE without parsing messages.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What went wrong, in terms a SQL caller can act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,8 +91,3 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
-
-/// Paths in messages are shown as given; this keeps the helpers short.
-pub(crate) fn join(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
-}

@@ -190,7 +190,7 @@ impl TextTokenizer {
     fn encode_windowed(&self, kind: Kind, text: &str, first_window: usize) -> Result<Vec<u32>> {
         let budget = self.max_tokens - 2;
         let mut window = first_window;
-        let mut content = loop {
+        let content = loop {
             if window >= text.len() || !self.local {
                 break self.content(&self.prepare(kind, text))?;
             }
@@ -212,12 +212,18 @@ impl TextTokenizer {
             }
             window = window.saturating_mul(4).min(HARD_WINDOW.max(first_window));
         };
-        content.truncate(budget);
+        Ok(self.wrap(content))
+    }
+
+    /// `<s>`, the first `max_tokens - 2` content ids, `</s>`: truncation as the
+    /// reference does it for a single text.
+    fn wrap(&self, mut content: Vec<u32>) -> Vec<u32> {
+        content.truncate(self.max_tokens - 2);
         let mut ids = Vec::with_capacity(content.len() + 2);
         ids.push(self.bos);
         ids.extend_from_slice(&content);
         ids.push(self.eos);
-        Ok(ids)
+        ids
     }
 
     /// How many tokens the model would see for `text` before truncation, prefix and
@@ -251,13 +257,7 @@ impl TextTokenizer {
 
     /// Token ids without truncation or bounding: the plain reference pipeline, for tests.
     pub fn encode_unbounded(&self, kind: Kind, text: &str) -> Result<Vec<u32>> {
-        let s = self.prepare(kind, text);
-        let mut content = self.content(&s)?;
-        content.truncate(self.max_tokens - 2);
-        let mut ids = vec![self.bos];
-        ids.extend(content);
-        ids.push(self.eos);
-        Ok(ids)
+        Ok(self.wrap(self.content(&self.prepare(kind, text))?))
     }
 
     #[cfg(test)]
