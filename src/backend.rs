@@ -22,7 +22,7 @@ pub struct Loaded {
 }
 
 /// A file as of one moment: path, size and modification time.
-type FileStamp = (PathBuf, u64, SystemTime);
+type FileStamp = (PathBuf, (u64, SystemTime));
 
 thread_local! {
     static MODEL: RefCell<Option<Rc<Loaded>>> = const { RefCell::new(None) };
@@ -32,10 +32,7 @@ thread_local! {
 /// SHA-256 of a weights file, remembered while its size and modification time stay
 /// the same. Reading 2 GB takes a second or two; it stays cancellable.
 pub fn weights_sha256(path: &std::path::Path) -> Result<String> {
-    let meta = std::fs::metadata(path).map_err(|e| {
-        koe5_core::Error::new(koe5_core::ErrorKind::Io, format!("could not stat file \"{}\": {e}", path.display()))
-    })?;
-    let stamp: FileStamp = (path.to_path_buf(), meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+    let stamp: FileStamp = (path.to_path_buf(), koe5_core::file_stamp(path)?);
     if let Some(hex) = SHA256.with(|c| c.borrow().as_ref().filter(|(s, _)| *s == stamp).map(|(_, h)| h.clone())) {
         return Ok(hex);
     }

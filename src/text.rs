@@ -14,30 +14,22 @@ use crate::errors::report;
 /// database the bytes are checked to be valid UTF-8 (an ERROR otherwise).
 pub fn to_utf8(bytes: &[u8]) -> Cow<'_, str> {
     let server_is_utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
-    if server_is_utf8 || bytes.is_ascii() {
-        // PostgreSQL has already validated text in its own encoding.
-        return match std::str::from_utf8(bytes) {
-            Ok(s) => Cow::Borrowed(s),
-            Err(e) => invalid(e),
-        };
-    }
-    let len = i32::try_from(bytes.len()).expect("text values are below 1 GB");
     // pg_server_to_any returns its input when no conversion is needed (after validating
     // it, for SQL_ASCII) and a palloc'd, NUL-terminated copy otherwise. A byte sequence
-    // with no UTF-8 equivalent raises PostgreSQL's own error.
-    let converted = unsafe { pg_sys::pg_server_to_any(bytes.as_ptr().cast(), len, pg_sys::pg_enc::PG_UTF8 as i32) };
+    // with no UTF-8 equivalent raises PostgreSQL's own error. Text in a UTF-8 database,
+    // and ASCII anywhere, has been validated by PostgreSQL already.
+    let converted = if server_is_utf8 || bytes.is_ascii() {
+        bytes.as_ptr().cast_mut().cast()
+    } else {
+        let len = i32::try_from(bytes.len()).expect("text values are below 1 GB");
+        unsafe { pg_sys::pg_server_to_any(bytes.as_ptr().cast(), len, pg_sys::pg_enc::PG_UTF8 as i32) }
+    };
     if converted.cast_const() == bytes.as_ptr().cast() {
-        return match std::str::from_utf8(bytes) {
-            Ok(s) => Cow::Borrowed(s),
-            Err(e) => invalid(e),
-        };
+        return std::str::from_utf8(bytes).map(Cow::Borrowed).unwrap_or_else(|e| invalid(e));
     }
     let owned = std::str::from_utf8(unsafe { CStr::from_ptr(converted) }.to_bytes()).map(str::to_owned);
     unsafe { pg_sys::pfree(converted.cast()) };
-    match owned {
-        Ok(s) => Cow::Owned(s),
-        Err(e) => invalid(e),
-    }
+    owned.map(Cow::Owned).unwrap_or_else(|e| invalid(e))
 }
 
 fn invalid(e: std::str::Utf8Error) -> ! {

@@ -12,7 +12,7 @@ pub mod tokenize;
 
 use std::io::Read;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -47,8 +47,7 @@ impl Embedder {
         // A weights file rewritten in place while mapped can fault the process; a
         // change noticed here at least never yields a half-old, half-new model.
         // Replace model files by renaming a new directory into place.
-        let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| Ok((m.len(), m.modified()?))).ok();
-        let before = stamp(&spec.weights);
+        let before = file_stamp(&spec.weights)?;
         let encoder = {
             // SAFETY: the mapping lives only while the tensors are copied out of it;
             // candle checks the header against the file size before reading.
@@ -56,7 +55,7 @@ impl Embedder {
                 .map_err(|e| Error::weights(&spec.weights, e))?;
             model::Encoder::new(&spec.encoder, spec.activation, vb).map_err(|e| Error::weights(&spec.weights, e))?
         };
-        if stamp(&spec.weights) != before {
+        if file_stamp(&spec.weights)? != before {
             return Err(Error::new(
                 ErrorKind::Io,
                 format!("model file \"{}\" changed while it was being loaded", spec.weights.display()),
@@ -148,6 +147,12 @@ impl Embedder {
             })
             .collect())
     }
+}
+
+/// Size and modification time of a file: enough to notice that it was rewritten.
+pub fn file_stamp(path: &Path) -> Result<(u64, SystemTime)> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    Ok((meta.len(), meta.modified().map_err(|e| Error::io(path, e))?))
 }
 
 /// SHA-256 of a file, hex-encoded, read in 1 MiB pieces; `interrupt` runs between pieces.

@@ -190,9 +190,10 @@ impl TextTokenizer {
     fn encode_windowed(&self, kind: Kind, text: &str, first_window: usize) -> Result<Vec<u32>> {
         let budget = self.max_tokens - 2;
         let mut window = first_window;
+        let whole = || self.content(&self.prepare(kind, text));
         let content = loop {
             if window >= text.len() || !self.local {
-                break self.content(&self.prepare(kind, text))?;
+                break whole()?;
             }
             // A prefix that ends at a plain word keeps its end unstripped, as the
             // whole text would. Past the hard window, any boundary will do.
@@ -207,7 +208,7 @@ impl TextTokenizer {
                 // prefix would strip at its end: tokenize the whole text if that is
                 // affordable, else accept the prefix.
                 if last {
-                    break if text.len() <= WHOLE_TEXT_LIMIT { self.content(&self.prepare(kind, text))? } else { ids };
+                    break if text.len() <= WHOLE_TEXT_LIMIT { whole()? } else { ids };
                 }
             }
             window = window.saturating_mul(4).min(HARD_WINDOW.max(first_window));
