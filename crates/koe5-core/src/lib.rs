@@ -3,6 +3,7 @@
 //! under a token budget. The PostgreSQL extension is a thin layer over [`Embedder`].
 
 pub mod batch;
+pub mod chunk;
 pub mod config;
 pub mod error;
 pub mod hub;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
+pub use chunk::Chunk;
 pub use config::ModelSpec;
 pub use error::{Error, ErrorKind, Result};
 pub use pooling::Pooling;
@@ -81,6 +83,18 @@ impl Embedder {
     /// Tokens of the prefixed text before truncation, special tokens included.
     pub fn token_count(&self, kind: Kind, text: &str, interrupt: &mut dyn FnMut()) -> Result<usize> {
         self.tokenizer.count(kind, text, interrupt)
+    }
+
+    /// Splits `doc` into chunks that each fit the model: see [`TextTokenizer::chunks`].
+    pub fn chunks(
+        &self,
+        kind: Kind,
+        doc: &str,
+        max_tokens: usize,
+        overlap_tokens: usize,
+        interrupt: &mut dyn FnMut(),
+    ) -> Result<Vec<Chunk>> {
+        self.tokenizer.chunks(kind, doc, max_tokens, overlap_tokens, interrupt)
     }
 
     pub fn embed_one(&self, kind: Kind, text: &str, interrupt: &mut dyn FnMut()) -> Result<Vec<f32>> {

@@ -57,7 +57,7 @@ pub struct TextTokenizer {
 
 /// Python's `str.isspace()`: Unicode White_Space plus the four information separators
 /// U+001C–U+001F, which Python counts as whitespace and Rust does not.
-fn is_py_space(c: char) -> bool {
+pub(crate) fn is_py_space(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 
@@ -101,6 +101,20 @@ fn any_cut(s: &str, limit: usize) -> usize {
         .take_while(|(i, _)| *i > limit / 2)
         .find(|(_, c)| c.is_whitespace())
         .map_or(end, |(i, _)| i)
+}
+
+/// Where the next piece of `rest` ends when a long text is tokenized piece by piece:
+/// all of it when it is at most `segment` bytes, else a plain word boundary anywhere
+/// between half and four times the segment, which keeps the tokens exact; only a run
+/// with none is cut anywhere.
+pub(crate) fn piece_end(rest: &str, segment: usize) -> usize {
+    if rest.len() <= segment {
+        return rest.len();
+    }
+    [segment, 2 * segment, 4 * segment]
+        .iter()
+        .find_map(|&limit| word_cut(rest, limit))
+        .unwrap_or_else(|| any_cut(rest, segment))
 }
 
 /// True when tokenization is local to space-separated words, so that a prefix cut at
@@ -181,6 +195,26 @@ impl TextTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The byte range in `s` of each content token of `s` (no special tokens). A token
+    /// from a character the normalizer expands into several shares that character's range.
+    pub(crate) fn content_offsets(&self, s: &str) -> Result<Vec<(usize, usize)>> {
+        let enc = self
+            .inner
+            .encode(s, false)
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("could not tokenize text: {e}")))?;
+        Ok(enc.get_offsets().to_vec())
+    }
+
+    /// How many bytes of text are tokenized at once when a long text is counted or
+    /// chunked: a segment for XLM-R-shaped tokenizers, everything for the rest.
+    pub(crate) fn segment(&self) -> usize {
+        if self.local {
+            COUNT_SEGMENT
+        } else {
+            usize::MAX
+        }
+    }
+
     /// Token ids the model sees for `text`: `<s>`, at most `max_tokens - 2` content
     /// tokens, `</s>`.
     pub fn encode(&self, kind: Kind, text: &str) -> Result<Vec<u32>> {
@@ -234,8 +268,7 @@ impl TextTokenizer {
     /// token or two per cut. `interrupt` runs between pieces.
     pub fn count(&self, kind: Kind, text: &str, interrupt: &mut dyn FnMut()) -> Result<usize> {
         let s = self.prepare(kind, text);
-        let segment = if self.local { COUNT_SEGMENT } else { usize::MAX };
-        self.count_prepared(&s, segment, interrupt)
+        self.count_prepared(&s, self.segment(), interrupt)
     }
 
     fn count_prepared(&self, s: &str, segment: usize, interrupt: &mut dyn FnMut()) -> Result<usize> {
@@ -243,12 +276,7 @@ impl TextTokenizer {
         let mut rest = s;
         while rest.len() > segment {
             interrupt();
-            // A plain word boundary anywhere between half and four times the segment
-            // keeps the count exact; only a run with none is cut anywhere.
-            let cut = [segment, 2 * segment, 4 * segment]
-                .iter()
-                .find_map(|&limit| word_cut(rest, limit))
-                .unwrap_or_else(|| any_cut(rest, segment));
+            let cut = piece_end(rest, segment);
             total += self.content(&rest[..cut])?.len();
             rest = &rest[cut..];
         }
