@@ -32,6 +32,7 @@ fi
 export CARGO_PGRX_DISABLE_GC_SECTIONS_WORKAROUND=1
 echo "==> building and installing koe5 (release) into $("$PG_CONFIG" --pkglibdir)"
 nice cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+scripts/install-companion.sh "$PG_CONFIG"
 
 # The model the server will use.
 default_cache=$(getent passwd postgres | cut -d: -f6)/.cache/huggingface/hub

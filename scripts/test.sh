@@ -41,6 +41,7 @@ for part in "${parts[@]}"; do
             ;;
         pg18|pg15)
             echo "==> koe5 extension tests on PostgreSQL ${part#pg}"
+            scripts/install-companion.sh "$(cargo pgrx info pg-config "$part")"
             nice cargo pgrx test "$part" --runas postgres --pgdata "$KOE5_HOME/test-pgdata-${part#pg}"
             ;;
         *)

@@ -22,7 +22,18 @@ const ROUND: usize = 256;
 fn embed_text(kind: Kind, text: &[u8]) -> Vec<f32> {
     let text = to_utf8(text);
     let model = backend::model().or_raise();
-    model.embedder.embed_one(kind, &text, &mut check_interrupts).or_raise()
+    // A query in a WHERE or ORDER BY clause may be evaluated once per row.
+    if kind == Kind::Query {
+        if let Some(v) = model.cached_query(&text) {
+            return v;
+        }
+    }
+    let v = model.embedder.embed_one(kind, &text, &mut check_interrupts).or_raise();
+    backend::count_embedded(1);
+    if kind == Kind::Query {
+        model.remember_query(&text, &v);
+    }
+    v
 }
 
 #[pg_extern(sql = false)]
@@ -48,6 +59,7 @@ fn embed_array(kind: Kind, texts: Array<'_, &[u8]>) -> impl Iterator<Item = Opti
             let round = &texts[next..end];
             let present: Vec<&str> = round.iter().flatten().map(String::as_str).collect();
             let mut vectors = model.embedder.embed_many(kind, &present, &mut check_interrupts).or_raise().into_iter();
+            backend::count_embedded(present.len());
             for t in round {
                 ready.push_back(t.as_ref().map(|_| vectors.next().expect("one vector per text")));
             }
@@ -121,6 +133,45 @@ fn koe5_token_count(text: &[u8]) -> i32 {
     let model = backend::model().or_raise();
     let n = model.embedder.token_count(Kind::Passage, &text, &mut check_interrupts).or_raise();
     i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// What this backend has embedded, for monitoring and for tests that count work.
+#[pg_extern(sql = false)]
+fn koe5_backend_stats(
+) -> TableIterator<'static, (name!(texts_embedded, i64), name!(query_cache_hits, i64), name!(query_cache_entries, i32))>
+{
+    let s = backend::stats();
+    let entries = backend::loaded().map_or(0, |m| m.cached_queries());
+    let n = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+    TableIterator::once((n(s.texts_embedded), n(s.query_cache_hits), i32::try_from(entries).unwrap_or(i32::MAX)))
+}
+
+/// A document cut into pieces the model takes whole. The pieces come back as UTF-8
+/// bytes; the SQL wrapper koe5_chunks() converts them to the server encoding.
+#[pg_extern(sql = false)]
+fn koe5_chunks_utf8(
+    doc: &[u8],
+    max_tokens: i32,
+    overlap_tokens: i32,
+) -> TableIterator<'static, (name!(ord, i32), name!(chunk, Vec<u8>), name!(n_tokens, i32))> {
+    let (Ok(max_tokens), Ok(overlap)) = (usize::try_from(max_tokens), usize::try_from(overlap_tokens)) else {
+        data_error(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "max_tokens and overlap_tokens must not be negative",
+        )
+    };
+    let doc = to_utf8(doc);
+    let model = backend::model().or_raise();
+    let chunks = model.embedder.chunks(Kind::Passage, &doc, max_tokens, overlap, &mut check_interrupts).or_raise();
+    let rows: Vec<_> = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let ord = i32::try_from(i + 1).unwrap_or(i32::MAX);
+            (ord, doc[c.start..c.end].as_bytes().to_vec(), i32::try_from(c.n_tokens).unwrap_or(i32::MAX))
+        })
+        .collect();
+    TableIterator::new(rows)
 }
 
 fn millis(d: Duration) -> f64 {

@@ -6,6 +6,7 @@
 //! points elsewhere.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Once;
@@ -19,6 +20,56 @@ pub struct Loaded {
     pub dir: PathBuf,
     pub embedder: Embedder,
     pub loaded_at: SystemTime,
+    /// Recent query embeddings of this model, most recent first.
+    queries: RefCell<VecDeque<(String, Vec<f32>)>>,
+}
+
+/// Longer query texts are not remembered: a cache is for short, repeated queries.
+const CACHED_QUERY_MAX_BYTES: usize = 8 * 1024;
+
+impl Loaded {
+    /// The remembered embedding of query `text`, if any.
+    pub fn cached_query(&self, text: &str) -> Option<Vec<f32>> {
+        let mut queries = self.queries.borrow_mut();
+        if gucs::QUERY_CACHE_SIZE.get() <= 0 {
+            queries.clear();
+            return None;
+        }
+        let i = queries.iter().position(|(t, _)| t == text)?;
+        let hit = queries.remove(i)?;
+        let v = hit.1.clone();
+        queries.push_front(hit);
+        STATS.with(|s| s.borrow_mut().query_cache_hits += 1);
+        Some(v)
+    }
+
+    pub fn remember_query(&self, text: &str, v: &[f32]) {
+        let capacity = usize::try_from(gucs::QUERY_CACHE_SIZE.get()).unwrap_or(0);
+        let mut queries = self.queries.borrow_mut();
+        if text.len() <= CACHED_QUERY_MAX_BYTES && capacity > 0 {
+            queries.push_front((text.to_owned(), v.to_vec()));
+        }
+        queries.truncate(capacity);
+    }
+
+    pub fn cached_queries(&self) -> usize {
+        self.queries.borrow().len()
+    }
+}
+
+/// What this backend has done since it started.
+#[derive(Default, Clone, Copy)]
+pub struct Stats {
+    pub texts_embedded: u64,
+    pub query_cache_hits: u64,
+}
+
+pub fn stats() -> Stats {
+    STATS.with(|s| *s.borrow())
+}
+
+pub fn count_embedded(n: usize) {
+    STATS.with(|s| s.borrow_mut().texts_embedded += n as u64);
 }
 
 /// A file as of one moment: path, size and modification time.
@@ -27,6 +78,7 @@ type FileStamp = (PathBuf, (u64, SystemTime));
 thread_local! {
     static MODEL: RefCell<Option<Rc<Loaded>>> = const { RefCell::new(None) };
     static SHA256: RefCell<Option<(FileStamp, String)>> = const { RefCell::new(None) };
+    static STATS: RefCell<Stats> = const { RefCell::new(Stats { texts_embedded: 0, query_cache_hits: 0 }) };
 }
 
 /// SHA-256 of a weights file, remembered while its size and modification time stay
@@ -67,7 +119,7 @@ pub fn model() -> Result<Rc<Loaded>> {
     MODEL.with(|m| m.borrow_mut().take());
     start_threads();
     let embedder = Embedder::load(&dir)?;
-    let loaded = Rc::new(Loaded { dir, embedder, loaded_at: SystemTime::now() });
+    let loaded = Rc::new(Loaded { dir, embedder, loaded_at: SystemTime::now(), queries: RefCell::default() });
     MODEL.with(|m| *m.borrow_mut() = Some(loaded.clone()));
     Ok(loaded)
 }

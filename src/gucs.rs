@@ -9,6 +9,15 @@ pub static MODEL_PATH: GucSetting<Option<std::ffi::CString>> = GucSetting::<Opti
 pub static MODEL_ID: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(Some(c"nlpai-lab/KoE5"));
 
+/// Query embeddings each backend keeps (0 turns the cache off).
+pub static QUERY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64);
+/// Background worker settings (the worker runs only with shared_preload_libraries).
+pub static WORKER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static WORKER_DATABASE: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(Some(c"postgres"));
+pub static WORKER_NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static WORKER_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64);
+
 pub fn init() {
     GucRegistry::define_string_guc(
         c"koe5.model_path",
@@ -24,6 +33,52 @@ pub fn init() {
         c"koe5 looks for the id in the Hugging Face cache (HF_HUB_CACHE, HF_HOME or ~/.cache/huggingface of the server's user); koe5_download() fetches it there.",
         &MODEL_ID,
         GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"koe5.query_cache_size",
+        c"Sets how many query embeddings each backend remembers.",
+        c"koe5_query(text) returns a remembered vector for a text it has embedded recently with the same model, so a query repeated per row is embedded once. 0 turns the cache off.",
+        &QUERY_CACHE_SIZE,
+        0,
+        100_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"koe5.worker_enabled",
+        c"Turns on the background worker that embeds queued rows.",
+        c"Needs shared_preload_libraries = 'koe5'. Tables join the queue with koe5_enqueue_table().",
+        &WORKER_ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"koe5.worker_database",
+        c"Sets the database whose queue the background worker embeds.",
+        c"",
+        &WORKER_DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"koe5.worker_naptime",
+        c"Sets how long the background worker sleeps when its queue is empty.",
+        c"",
+        &WORKER_NAPTIME_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"koe5.worker_batch_size",
+        c"Sets how many queued rows the background worker embeds per transaction.",
+        c"",
+        &WORKER_BATCH_SIZE,
+        1,
+        10_000,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     unsafe {
@@ -50,4 +105,8 @@ pub fn model_path() -> Option<std::path::PathBuf> {
 
 pub fn model_id() -> String {
     text_of(&MODEL_ID).unwrap_or_else(|| "nlpai-lab/KoE5".to_owned())
+}
+
+pub fn worker_database() -> String {
+    text_of(&WORKER_DATABASE).unwrap_or_else(|| "postgres".to_owned())
 }

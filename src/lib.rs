@@ -12,17 +12,22 @@ mod backend;
 mod errors;
 mod gucs;
 mod text;
+mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 
 pgrx::pg_module_magic!(name, version);
 
-extension_sql_file!("../sql/koe5.sql", name = "koe5_api", finalize);
+extension_sql_file!("../sql/koe5.sql", name = "koe5_api");
+extension_sql_file!("../sql/pipelines.sql", name = "koe5_pipelines", requires = ["koe5_api"], finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::register();
+    }
 }
 
 /// Hooks for `cargo pgrx test`.
@@ -30,7 +35,14 @@ pub extern "C-unwind" fn _PG_init() {
 pub mod pg_test {
     pub fn setup(_options: Vec<&str>) {}
 
+    /// The test server preloads koe5 so the background worker runs; it embeds the
+    /// queue of its own database, which one client test creates.
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        vec![
+            "shared_preload_libraries = 'koe5'",
+            "koe5.worker_enabled = on",
+            "koe5.worker_database = 'koe5_worker_test'",
+            "koe5.worker_naptime = 200",
+        ]
     }
 }

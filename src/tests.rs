@@ -438,7 +438,7 @@ mod tests {
                         p.procost, obj_description(p.oid, 'pg_proc') IS NOT NULL
                  FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
                  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'koe5'
-                 WHERE p.proname LIKE 'koe5%'",
+                 WHERE p.proname LIKE 'koe5%' AND p.pronamespace <> 'tests'::regnamespace",
                 None,
                 &[],
             )
@@ -455,9 +455,16 @@ mod tests {
             })
             .collect()
         });
-        assert_eq!(rows.len(), 8, "{rows:?}");
+        let public: Vec<&str> =
+            rows.iter().map(|r| r.0.split('(').next().unwrap()).filter(|n| !n.starts_with("koe5__")).collect();
+        for f in
+            ["koe5_query", "koe5_passage", "koe5_chunks", "koe5_embed_trigger", "koe5_backfill", "koe5_enqueue_table"]
+        {
+            assert!(public.contains(&f), "{f} missing from {public:?}");
+        }
         for (name, vol, strict, parallel, cost, commented) in rows {
-            assert!(commented, "{name} has no comment");
+            // Internal helpers (koe5__*) need no comment; everything a user calls has one.
+            assert!(commented || name.starts_with("koe5__"), "{name} has no comment");
             if name.starts_with("koe5_query") || name.starts_with("koe5_passage") {
                 assert_eq!((vol.as_str(), strict, parallel.as_str()), ("i", true, "s"), "{name}");
                 assert!(cost >= 1000.0, "{name} cost {cost}");
@@ -581,6 +588,314 @@ mod tests {
         Spi::run("UPDATE notes SET body = NULL WHERE id = 2").unwrap();
         assert_eq!(Spi::get_one::<bool>("SELECT emb IS NULL FROM notes WHERE id = 2").unwrap(), Some(true));
     }
+
+    fn embedded_so_far() -> i64 {
+        Spi::get_one::<i64>("SELECT texts_embedded FROM koe5_backend_stats()").unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn embed_trigger_writes_real_arrays_and_skips_unchanged_text() {
+        use_fixture("tiny-xlmr");
+        Spi::run(
+            "CREATE TABLE trig_docs (id int PRIMARY KEY, body text, note text, emb real[], q real[]);
+             CREATE TRIGGER embed BEFORE INSERT OR UPDATE ON trig_docs
+                 FOR EACH ROW EXECUTE FUNCTION koe5_embed_trigger('body', 'emb');
+             CREATE TRIGGER embed_q BEFORE INSERT OR UPDATE OF body ON trig_docs
+                 FOR EACH ROW EXECUTE FUNCTION koe5_embed_trigger('body', 'q', 'query')",
+        )
+        .unwrap();
+        let cases = cases();
+        for (i, c) in cases.iter().enumerate().take(10) {
+            Spi::run_with_args(
+                "INSERT INTO trig_docs (id, body) VALUES ($1, $2)",
+                &[DatumWithOid::from(i as i32), DatumWithOid::from(c["text"].as_str().unwrap())],
+            )
+            .unwrap();
+        }
+        for (i, c) in cases.iter().enumerate().take(10) {
+            let row = |col: &str| {
+                Spi::get_one_with_args::<Vec<f32>>(
+                    &format!("SELECT {col} FROM trig_docs WHERE id = $1"),
+                    &[DatumWithOid::from(i as i32)],
+                )
+                .unwrap()
+                .unwrap()
+            };
+            assert_close("trigger passage", &row("emb"), &floats(&c["passage"]["embedding"]));
+            assert_close("trigger query", &row("q"), &floats(&c["query"]["embedding"]));
+        }
+        // An update that leaves the text alone embeds nothing.
+        let before = embedded_so_far();
+        Spi::run("UPDATE trig_docs SET note = 'checked'").unwrap();
+        assert_eq!(embedded_so_far(), before, "unchanged text was embedded again");
+        // New text is embedded; NULL text empties the target.
+        Spi::run("UPDATE trig_docs SET body = '국회는 법률을 제정한다.' WHERE id = 1").unwrap();
+        assert_eq!(embedded_so_far(), before + 2);
+        assert_eq!(
+            Spi::get_one::<bool>(
+                "SELECT emb = koe5_passage('국회는 법률을 제정한다.') AND q = koe5_query('국회는 법률을 제정한다.')
+                 FROM trig_docs WHERE id = 1"
+            )
+            .unwrap(),
+            Some(true)
+        );
+        Spi::run("UPDATE trig_docs SET body = NULL WHERE id = 2").unwrap();
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT emb IS NULL AND q IS NULL FROM trig_docs WHERE id = 2").unwrap(),
+            Some(true)
+        );
+        // Emptying the target asks for the embedding again.
+        Spi::run("UPDATE trig_docs SET emb = NULL WHERE id = 3").unwrap();
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT emb = koe5_passage(body) FROM trig_docs WHERE id = 3").unwrap(),
+            Some(true)
+        );
+    }
+
+    #[pg_test]
+    fn embed_trigger_misuse_is_a_clear_error() {
+        use_fixture("tiny-xlmr");
+        Spi::run("CREATE TABLE trig_bad (id int, body text, n int, emb real[])").unwrap();
+        let with = |timing: &str, args: &str| {
+            Spi::run("DROP TRIGGER IF EXISTS t ON trig_bad").unwrap();
+            Spi::run(&format!(
+                "CREATE TRIGGER t {timing} INSERT ON trig_bad FOR EACH ROW EXECUTE FUNCTION koe5_embed_trigger({args})"
+            ))
+            .unwrap();
+            outcome("INSERT INTO trig_bad (id, body) VALUES (1, '헌법')")
+        };
+        let got = with("AFTER", "'body', 'emb'");
+        assert!(got.starts_with("09000: koe5_embed_trigger() must be fired BEFORE"), "{got}");
+        assert_eq!(with("BEFORE", "'body', 'n'"), "42804: column \"n\" of relation \"trig_bad\" is of type integer");
+        assert_eq!(with("BEFORE", "'text', 'emb'"), "42703: column \"text\" of relation \"trig_bad\" does not exist");
+        assert_eq!(with("BEFORE", "'body', 'emb', 'doc'"), "22023: invalid embedding kind \"doc\"");
+        assert!(with("BEFORE", "'body'").starts_with("22023: koe5_embed_trigger() needs a source column"));
+        assert_eq!(with("BEFORE", "'body', 'emb', 'passage'"), "ok");
+    }
+
+    #[pg_test]
+    fn chunks_fit_the_model_and_cover_the_bill() {
+        use_fixture("tiny-xlmr");
+        let bill = include_str!("../data/ko/bill-1809896.txt");
+        for (max, overlap) in [(512, 0), (128, 0), (96, 24)] {
+            let rows: Vec<(i32, String, i32, i32)> = Spi::connect(|c| {
+                c.select(
+                    "SELECT ord, chunk, n_tokens, koe5_token_count(chunk) FROM koe5_chunks($1, $2, $3)",
+                    None,
+                    &[DatumWithOid::from(bill), DatumWithOid::from(max), DatumWithOid::from(overlap)],
+                )
+                .unwrap()
+                .map(|r| {
+                    (
+                        r.get::<i32>(1).unwrap().unwrap(),
+                        r.get::<String>(2).unwrap().unwrap(),
+                        r.get::<i32>(3).unwrap().unwrap(),
+                        r.get::<i32>(4).unwrap().unwrap(),
+                    )
+                })
+                .collect()
+            });
+            assert!(rows.len() > 1, "{max}: {} chunks", rows.len());
+            for (i, (ord, chunk, n, counted)) in rows.iter().enumerate() {
+                assert_eq!(*ord, i as i32 + 1);
+                assert_eq!(n, counted, "chunk {ord} at {max}");
+                assert!(*n <= max, "chunk {ord} has {n} tokens, max {max}");
+                assert!(!chunk.trim().is_empty());
+            }
+            let squeeze = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+            if overlap == 0 {
+                let joined: String = rows.iter().map(|r| r.1.as_str()).collect();
+                assert_eq!(squeeze(&joined), squeeze(bill), "chunks at {max} must cover the bill");
+                // Cut at sentence or line ends wherever the text has them.
+                // (at 128 tokens some of the bill's sentences are longer than a chunk).
+                let clean = rows.iter().filter(|r| r.1.ends_with('.') || bill.contains(&format!("{}\n", r.1))).count();
+                let want = if max == 512 { 0.9 } else { 0.7 };
+                assert!(
+                    clean as f64 >= want * rows.len() as f64,
+                    "{clean} of {} chunks end at a sentence or line",
+                    rows.len()
+                );
+            }
+            pgrx::notice!("bill at max {max}, overlap {overlap}: {} chunks", rows.len());
+        }
+        assert!(outcome("SELECT * FROM koe5_chunks('헌법', 3)").starts_with("22023: max_tokens must be at least"));
+        assert!(outcome("SELECT * FROM koe5_chunks('헌법', 64, 40)").starts_with("22023: "));
+        assert!(outcome("SELECT * FROM koe5_chunks('헌법', -1)").starts_with("22023: "));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM koe5_chunks('  ')").unwrap(), Some(0));
+    }
+
+    #[pg_test]
+    fn a_repeated_query_is_embedded_once_per_session() {
+        use_fixture("tiny-xlmr");
+        Spi::run(
+            "CREATE TABLE cached (id int, emb real[]);
+             INSERT INTO cached SELECT g, koe5_passage('조문 ' || (g % 10)) FROM generate_series(1, 1000) g",
+        )
+        .unwrap();
+        // Evaluated for each of the 1,000 rows (the argument is not a constant).
+        let per_row = "SELECT count(*) FROM cached, (SELECT '대통령의 권한'::text AS q OFFSET 0) s
+                       WHERE koe5_similarity(cached.emb, koe5_query(s.q)) > -2";
+        let plan: String = Spi::connect(|c| {
+            c.select(&format!("EXPLAIN VERBOSE {per_row}"), None, &[])
+                .unwrap()
+                .map(|r| r.get::<String>(1).unwrap().unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        assert!(plan.contains("Join Filter: (koe5_similarity(cached.emb, koe5_query("), "{plan}");
+        let stats = || {
+            let (t, h) =
+                Spi::get_two::<i64, i64>("SELECT texts_embedded, query_cache_hits FROM koe5_backend_stats()").unwrap();
+            (t.unwrap(), h.unwrap())
+        };
+        let (t0, h0) = stats();
+        assert_eq!(Spi::get_one::<i64>(per_row).unwrap(), Some(1000));
+        let (t1, h1) = stats();
+        assert_eq!((t1 - t0, h1 - h0), (1, 999), "1,000 evaluations: one embedding, 999 cache hits");
+        // The cached vector is the computed one.
+        let direct = Spi::get_one::<Vec<f32>>("SELECT koe5_query('대통령의 권한')").unwrap().unwrap();
+        let case = cases().into_iter().next().unwrap();
+        let fresh = vector_of("SELECT koe5_query($1)", case["text"].as_str().unwrap());
+        assert_close("cache", &fresh, &floats(&case["query"]["embedding"]));
+        assert_close("cache", &vector_of("SELECT koe5_query($1)", case["text"].as_str().unwrap()), &fresh);
+        assert_eq!(direct.len(), 32);
+        // Turned off, every evaluation embeds.
+        Spi::run("SET koe5.query_cache_size = 0").unwrap();
+        let (t2, _) = stats();
+        assert_eq!(
+            Spi::get_one::<i64>(&per_row.replace("FROM cached,", "FROM (SELECT * FROM cached LIMIT 50) cached,"))
+                .unwrap(),
+            Some(50)
+        );
+        assert_eq!(stats().0 - t2, 50);
+        assert_eq!(Spi::get_one::<i32>("SELECT query_cache_entries FROM koe5_backend_stats()").unwrap(), Some(0));
+    }
+
+    #[cfg(feature = "pg18")]
+    #[pg_test]
+    fn embed_trigger_writes_vector_and_halfvec_columns() {
+        use_fixture("tiny-xlmr");
+        Spi::run("CREATE EXTENSION IF NOT EXISTS vector").unwrap();
+        Spi::run(
+            "CREATE TABLE trig_vec (id int PRIMARY KEY, body text, v vector(32), h halfvec(32), other int);
+             CREATE TRIGGER v BEFORE INSERT OR UPDATE ON trig_vec
+                 FOR EACH ROW EXECUTE FUNCTION koe5_embed_trigger('body', 'v');
+             CREATE TRIGGER h BEFORE INSERT OR UPDATE ON trig_vec
+                 FOR EACH ROW EXECUTE FUNCTION koe5_embed_trigger('body', 'h', 'passage')",
+        )
+        .unwrap();
+        load_articles("trig_vec");
+        assert_eq!(
+            Spi::get_one::<bool>(
+                "SELECT bool_and(v = koe5_passage(body)::vector AND h = koe5_passage(body)::halfvec)
+                        AND count(*) = 40 FROM trig_vec"
+            )
+            .unwrap(),
+            Some(true)
+        );
+        let before = embedded_so_far();
+        Spi::run("UPDATE trig_vec SET other = 1").unwrap();
+        assert_eq!(embedded_so_far(), before);
+        Spi::run("UPDATE trig_vec SET body = NULL WHERE id = 1").unwrap();
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT v IS NULL AND h IS NULL FROM trig_vec WHERE id = 1").unwrap(),
+            Some(true)
+        );
+        // A vector column of the wrong size is pgvector's error, not a crash.
+        Spi::run("CREATE TABLE trig_dim (body text, v vector(3))").unwrap();
+        Spi::run(
+            "CREATE TRIGGER v BEFORE INSERT ON trig_dim FOR EACH ROW EXECUTE FUNCTION koe5_embed_trigger('body', 'v')",
+        )
+        .unwrap();
+        assert_eq!(outcome("INSERT INTO trig_dim VALUES ('헌법')"), "22000: expected 3 dimensions, not 32");
+    }
+
+    #[cfg(feature = "pg18")]
+    #[pg_test]
+    fn koe5_vector_companion_returns_pgvector_types() {
+        use_fixture("tiny-xlmr");
+        Spi::run("CREATE EXTENSION koe5_vector CASCADE").unwrap();
+        let q = "대통령의 임기와 선거";
+        for (f, base, ty) in [
+            ("koe5_query_vector", "koe5_query", "vector"),
+            ("koe5_passage_vector", "koe5_passage", "vector"),
+            ("koe5_query_halfvec", "koe5_query", "halfvec"),
+            ("koe5_passage_halfvec", "koe5_passage", "halfvec"),
+        ] {
+            let same = Spi::get_one_with_args::<bool>(
+                &format!("SELECT {f}($1) = {base}($1)::{ty} AND pg_typeof({f}($1))::text = '{ty}'"),
+                &[DatumWithOid::from(q)],
+            )
+            .unwrap();
+            assert_eq!(same, Some(true), "{f}");
+        }
+        // The batch form: input order, within the batch path's tolerance of the single form.
+        let rows = Spi::get_one::<bool>(
+            "SELECT count(*) = 3 AND max(v <=> koe5_passage(t)::vector) < 1e-5 AND bool_and((t IS NULL) = (v IS NULL))
+             FROM unnest(ARRAY['가', NULL, '나다']) WITH ORDINALITY AS a(t, n)
+             JOIN koe5_passage_vector(ARRAY['가', NULL, '나다']) WITH ORDINALITY AS b(v, m) ON n = m",
+        )
+        .unwrap();
+        assert_eq!(rows, Some(true));
+        // Safe against a hostile search_path: the bodies were bound at creation.
+        Spi::run("CREATE SCHEMA evil; CREATE FUNCTION evil.koe5_query(text) RETURNS real[] LANGUAGE sql AS 'SELECT NULL::real[]'")
+            .unwrap();
+        Spi::run("SET LOCAL search_path = evil, public").unwrap();
+        assert_eq!(
+            Spi::get_one_with_args::<bool>("SELECT koe5_query_vector($1) IS NOT NULL", &[DatumWithOid::from(q)])
+                .unwrap(),
+            Some(true)
+        );
+    }
+
+    /// The README's Korean search example, as written there.
+    #[cfg(feature = "pg18")]
+    #[pg_test]
+    fn readme_search_example_over_the_constitution() {
+        use_fixture("tiny-xlmr");
+        Spi::run("CREATE EXTENSION IF NOT EXISTS koe5_vector CASCADE").unwrap();
+        Spi::run(
+            "CREATE TABLE constitution (id int PRIMARY KEY, body text NOT NULL, emb vector(32));
+             CREATE TRIGGER embed BEFORE INSERT OR UPDATE OF body ON constitution
+                 FOR EACH ROW EXECUTE FUNCTION koe5_embed_trigger('body', 'emb');",
+        )
+        .unwrap();
+        load_articles("constitution");
+        Spi::run("CREATE INDEX ON constitution USING hnsw (emb vector_cosine_ops)").unwrap();
+        Spi::run("SET LOCAL enable_seqscan = off").unwrap();
+        let search = "SELECT id, round((1 - (emb <=> koe5_query_vector($1)))::numeric, 4)::float8 AS score
+                      FROM constitution ORDER BY emb <=> koe5_query_vector($1) LIMIT 5";
+        let top = |q: &str| -> Vec<(i32, f64)> {
+            Spi::connect(|c| {
+                c.select(search, None, &[DatumWithOid::from(q)])
+                    .unwrap()
+                    .map(|r| (r.get::<i32>(1).unwrap().unwrap(), r.get::<f64>(2).unwrap().unwrap()))
+                    .collect()
+            })
+        };
+        let plan: String = Spi::connect(|c| {
+            c.select(&format!("EXPLAIN {search}"), None, &[DatumWithOid::from("헌법재판소의 권한")])
+                .unwrap()
+                .map(|r| r.get::<String>(1).unwrap().unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        assert!(plan.contains("Index Scan using constitution_emb_idx"), "{plan}");
+        let hits = top("헌법재판소의 권한");
+        assert_eq!(hits.len(), 5);
+        assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1), "{hits:?}");
+        assert!(hits.iter().all(|h| (-1.0..=1.0).contains(&h.1)), "{hits:?}");
+        // A passage vector finds its own article first, with score 1.
+        let (id, body) = articles().into_iter().nth(9).unwrap();
+        let own: (Option<i32>, Option<f64>) = Spi::get_two_with_args(
+            "SELECT id, (1 - (emb <=> koe5_passage_vector($1)))::float8 FROM constitution
+             ORDER BY emb <=> koe5_passage_vector($1) LIMIT 1",
+            &[DatumWithOid::from(body.as_str())],
+        )
+        .unwrap();
+        assert_eq!(own.0, Some(id));
+        assert!((own.1.unwrap() - 1.0).abs() < 1e-5, "{own:?}");
+    }
 }
 
 /// Tests that need their own connections: other databases, cancel from outside.
@@ -703,6 +1018,16 @@ mod client_tests {
         let mut c = connect(None);
         c.batch_execute("DO $$ BEGIN CREATE ROLE koe5_placeholder_user; EXCEPTION WHEN duplicate_object THEN END $$")
             .unwrap();
+        let preloaded: String = c.query_one("SHOW shared_preload_libraries", &[]).unwrap().get(0);
+        if preloaded.contains("koe5") {
+            // The test server preloads koe5 (for the worker): the setting exists from the
+            // start, and the plain user's SET is refused at once.
+            c.batch_execute("SET ROLE koe5_placeholder_user").unwrap();
+            let r = c.batch_execute("SET koe5.model_path = '/tmp/not-a-model'");
+            assert_eq!(sqlstate_of(r), "42501: permission denied to set parameter \"koe5.model_path\"");
+            c.batch_execute("RESET ROLE").unwrap();
+            return;
+        }
         c.batch_execute("SET ROLE koe5_placeholder_user; SET koe5.model_path = '/tmp/not-a-model'").unwrap();
         let before: String = c.query_one("SELECT current_setting('koe5.model_path')", &[]).unwrap().get(0);
         assert_eq!(before, "/tmp/not-a-model", "the placeholder exists before the library loads");
@@ -860,5 +1185,196 @@ mod client_tests {
         a.batch_execute("SET statement_timeout = 0").unwrap();
         let n: i32 = a.query_one("SELECT array_length(koe5_query('그래도 된다'), 1)", &[]).unwrap().get(0);
         assert_eq!(n, 32);
+    }
+
+    fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn backfill_commits_batches_survives_termination_and_resumes() {
+        let mut db = fresh_database("koe5_backfill", "UTF8");
+        db.batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, body text, emb real[]);
+             INSERT INTO docs SELECT g, '제' || g || '조 모든 국민은 법 앞에 평등하다. ' || repeat('권리 ', g % 17)
+             FROM generate_series(1, 1500) g;
+             UPDATE docs SET body = NULL WHERE id % 100 = 0;",
+        )
+        .unwrap();
+        let mut runner = connect(Some("koe5_backfill"));
+        runner.batch_execute(&format!("SET koe5.model_path = '{FIXTURES}/tiny-xlmr'")).unwrap();
+        let pid: i32 = runner.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        let call = std::thread::spawn(move || {
+            sqlstate_of(runner.batch_execute("CALL koe5_backfill('docs', 'body', 'emb', batch_size => 10)"))
+        });
+        // Progress is visible from another session while the run goes on.
+        let progress = |db: &mut postgres::Client| -> (String, i64, i64) {
+            let r = db
+                .query_one(
+                    "SELECT state, rows_done, rows_total FROM koe5_backfill_progress ORDER BY run_id DESC LIMIT 1",
+                    &[],
+                )
+                .unwrap();
+            (r.get(0), r.get(1), r.get(2))
+        };
+        wait_for("the first run to make progress", Duration::from_secs(60), || {
+            db.query_one("SELECT count(*) FROM koe5_backfill_progress", &[]).unwrap().get::<_, i64>(0) == 1
+                && progress(&mut db).1 >= 300
+        });
+        let (state, _, total) = progress(&mut db);
+        assert_eq!((state.as_str(), total), ("running", 1485));
+        let ok: bool = db.query_one("SELECT pg_terminate_backend($1)", &[&pid]).unwrap().get(0);
+        assert!(ok);
+        let outcome = call.join().unwrap();
+        assert!(outcome.starts_with("57P01") || outcome.contains("terminating"), "{outcome}");
+        wait_for("the terminated backend to go", Duration::from_secs(10), || {
+            db.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid]).unwrap().get::<_, i64>(0) == 0
+        });
+        // Every committed batch is there, and exactly those: progress and rows commit together.
+        let (state, done, _) = progress(&mut db);
+        let embedded: i64 = db.query_one("SELECT count(emb) FROM docs", &[]).unwrap().get(0);
+        assert_eq!(state, "stopped");
+        assert_eq!(embedded, done, "rows embedded vs rows the run recorded");
+        assert!(done < 1485, "the run was stopped before the end");
+        eprintln!("backfill terminated after {done} of 1485 rows; all {embedded} committed rows kept");
+
+        // Rerun: it picks up the rest, in batches through the batch path.
+        db.batch_execute("CALL koe5_backfill('docs', 'body', 'emb', batch_size => 64)").unwrap();
+        let (state, done2, total2) = progress(&mut db);
+        assert_eq!((state.as_str(), total2, done2), ("done", 1485 - done, 1485 - done));
+        let r = db
+            .query_one(
+                "SELECT count(emb), count(*) FILTER (WHERE body IS NULL AND emb IS NULL),
+                        min(koe5_similarity(emb, koe5_passage(body)))
+                 FROM docs",
+                &[],
+            )
+            .unwrap();
+        let (n, null_rows, worst): (i64, i64, f32) = (r.get(0), r.get(1), r.get(2));
+        assert_eq!((n, null_rows), (1485, 15));
+        assert!(worst >= 0.99999, "batch vs single embedding: cosine {worst}");
+        let rate: Option<f64> = db
+            .query_one("SELECT rows_per_second::float8 FROM koe5_backfill_progress ORDER BY run_id DESC LIMIT 1", &[])
+            .unwrap()
+            .get(0);
+        eprintln!("backfill rerun: {} rows at {rate:?} rows/s", 1485 - done);
+
+        // A run with nothing left to do finishes at once; bad arguments are clear errors.
+        db.batch_execute("CALL koe5_backfill('docs', 'body', 'emb')").unwrap();
+        let mut err = |sql: &str| sqlstate_of(db.batch_execute(sql));
+        assert_eq!(
+            err("CALL koe5_backfill('docs', 'body', 'nope')"),
+            "42703: column \"nope\" of relation \"docs\" does not exist"
+        );
+        assert_eq!(err("CALL koe5_backfill('docs', 'body', 'emb', 'doc')"), "22023: invalid embedding kind \"doc\"");
+        assert_eq!(
+            err("CALL koe5_backfill('docs', 'body', 'emb', batch_size => 0)"),
+            "22023: batch_size must be at least 1"
+        );
+    }
+
+    fn sqlstate_of(r: Result<(), postgres::Error>) -> String {
+        match r {
+            Ok(()) => "ok".into(),
+            Err(e) => e.as_db_error().map(|d| format!("{}: {}", d.code().code(), d.message())).unwrap_or(e.to_string()),
+        }
+    }
+
+    fn worker_pid(c: &mut postgres::Client) -> Option<i32> {
+        c.query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'koe5 worker' AND datname = 'koe5_worker_test'",
+            &[],
+        )
+        .unwrap()
+        .map(|r| r.get(0))
+    }
+
+    #[test]
+    fn background_worker_embeds_queued_rows_without_blocking_writers() {
+        // The test server's configuration (crate::pg_test) runs the worker on this database.
+        let mut admin = connect(None);
+        admin.batch_execute("DROP DATABASE IF EXISTS koe5_worker_test WITH (FORCE)").unwrap();
+        admin.batch_execute("CREATE DATABASE koe5_worker_test").unwrap();
+        admin
+            .batch_execute(&format!("ALTER DATABASE koe5_worker_test SET koe5.model_path = '{FIXTURES}/tiny-xlmr'"))
+            .unwrap();
+        let mut db = connect(Some("koe5_worker_test"));
+        db.batch_execute(
+            "CREATE EXTENSION koe5;
+             CREATE TABLE docs (id int PRIMARY KEY, body text,
+                                emb real[] CHECK (emb IS NULL OR body <> '독약'));
+             SELECT koe5_enqueue_table('docs', 'body', 'emb');",
+        )
+        .unwrap();
+        // A worker that connected before the settings existed starts again with them.
+        if let Some(pid) = worker_pid(&mut admin) {
+            admin.query_one("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+        }
+
+        let insert = |db: &mut postgres::Client, from: i32, to: i32| -> Duration {
+            let start = Instant::now();
+            for i in from..=to {
+                let body = if i == 300 {
+                    "독약".to_owned()
+                } else {
+                    format!("제{i}조 국민의 권리와 의무 {}", "법률 ".repeat(i as usize % 13))
+                };
+                db.execute("INSERT INTO docs VALUES ($1, $2)", &[&i, &body]).unwrap();
+            }
+            start.elapsed()
+        };
+        let pending = |db: &mut postgres::Client| -> (i64, i64, i64) {
+            let r = db.query_one("SELECT pending, done, failed FROM koe5_queue_status", &[]).unwrap();
+            (r.get(0), r.get(1), r.get(2))
+        };
+        let first = insert(&mut db, 1, 250);
+        // The writer embedded nothing itself: its rows wait for the worker.
+        let own: i64 = db.query_one("SELECT texts_embedded FROM koe5_backend_stats()", &[]).unwrap().get(0);
+        assert_eq!(own, 0, "a writer must not run inference");
+        let start = Instant::now();
+        wait_for("the worker to embed the first 250 rows", Duration::from_secs(90), || pending(&mut db) == (0, 250, 0));
+        let first_embedded = start.elapsed();
+        let old_pid = worker_pid(&mut admin).expect("the worker is connected");
+
+        // Restart the worker (as pg_terminate_backend or a crash would); writes go on meanwhile.
+        admin.query_one("SELECT pg_terminate_backend($1)", &[&old_pid]).unwrap();
+        let second = insert(&mut db, 251, 500);
+        wait_for("the restarted worker to embed the rest", Duration::from_secs(90), || {
+            let (p, d, f) = pending(&mut db);
+            p == 0 && d == 499 && f == 1
+        });
+        let new_pid = worker_pid(&mut admin).expect("the worker came back");
+        assert_ne!(new_pid, old_pid);
+
+        let r = db
+            .query_one(
+                "SELECT count(emb), min(koe5_similarity(emb, koe5_passage(body))) FROM docs WHERE body <> '독약'",
+                &[],
+            )
+            .unwrap();
+        let (n, worst): (i64, f32) = (r.get(0), r.get(1));
+        assert_eq!(n, 499);
+        assert!(worst >= 0.99999, "worker vs single embedding: cosine {worst}");
+        // The failing row is reported with its error, not lost.
+        let r = db.query_one("SELECT row_key::text, attempts, last_error FROM koe5_queue_failures", &[]).unwrap();
+        let (key, attempts, error): (String, i32, String) = (r.get(0), r.get(1), r.get(2));
+        assert_eq!((key.as_str(), attempts), ("{\"id\": 300}", 3));
+        assert!(error.contains("violates check constraint"), "{error}");
+        // An update of the text is embedded again; an unrelated write is not queued.
+        db.batch_execute("UPDATE docs SET body = '대한민국은 민주공화국이다.' WHERE id = 1").unwrap();
+        wait_for("the update to be embedded", Duration::from_secs(30), || {
+            db.query_one("SELECT emb = koe5_passage(body) FROM docs WHERE id = 1", &[]).unwrap().get::<_, bool>(0)
+        });
+        eprintln!(
+            "queue: 250 single-row inserts took {first:?} with the queue trigger, 250 more {second:?}; \
+             the worker embedded the first 250 in {first_embedded:?}"
+        );
+        db.batch_execute("SELECT koe5_dequeue_table('docs')").unwrap();
+        let left: i64 = db.query_one("SELECT count(*) FROM koe5_queue_status", &[]).unwrap().get(0);
+        assert_eq!(left, 0);
     }
 }
