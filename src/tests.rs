@@ -812,6 +812,44 @@ mod tests {
 
     #[cfg(feature = "pg18")]
     #[pg_test]
+    fn order_by_distance_to_a_query_embeds_it_once() {
+        use_fixture("tiny-xlmr");
+        Spi::run("CREATE EXTENSION IF NOT EXISTS vector").unwrap();
+        Spi::run(
+            "CREATE TABLE qdocs (id int, emb vector(32));
+             WITH base AS (SELECT n, koe5_passage('조문 ' || n)::vector AS e FROM generate_series(0, 9) n)
+             INSERT INTO qdocs SELECT g, base.e FROM generate_series(1, 1000) g JOIN base ON base.n = g % 10",
+        )
+        .unwrap();
+        let embedded = || embedded_so_far();
+        let before = embedded();
+        Spi::run("SELECT id FROM qdocs ORDER BY emb <=> koe5_query('헌법재판소의 권한')::vector LIMIT 5").unwrap();
+        assert_eq!(embedded() - before, 1);
+        // A generic plan evaluates koe5_query($1) for every one of the 1,000 rows; the
+        // cache embeds it once.
+        Spi::run("SET LOCAL plan_cache_mode = force_generic_plan").unwrap();
+        Spi::run("PREPARE nearest(text) AS SELECT id FROM qdocs ORDER BY emb <=> koe5_query($1)::vector LIMIT 5")
+            .unwrap();
+        let plan: String = Spi::connect(|c| {
+            c.select("EXPLAIN VERBOSE EXECUTE nearest('국회의 권한')", None, &[])
+                .unwrap()
+                .map(|r| r.get::<String>(1).unwrap().unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        assert!(plan.contains("Seq Scan on public.qdocs") && plan.contains("koe5_query($1)"), "{plan}");
+        let (before, hits) =
+            Spi::get_two::<i64, i64>("SELECT texts_embedded, query_cache_hits FROM koe5_backend_stats()").unwrap();
+        Spi::run("EXECUTE nearest('국회의 권한')").unwrap();
+        let (after, hits_after) =
+            Spi::get_two::<i64, i64>("SELECT texts_embedded, query_cache_hits FROM koe5_backend_stats()").unwrap();
+        assert_eq!(after.unwrap() - before.unwrap(), 1, "1,000 evaluations, one embedding");
+        assert!(hits_after.unwrap() - hits.unwrap() >= 999);
+        Spi::run("DEALLOCATE nearest").unwrap();
+    }
+
+    #[cfg(feature = "pg18")]
+    #[pg_test]
     fn koe5_vector_companion_returns_pgvector_types() {
         use_fixture("tiny-xlmr");
         Spi::run("CREATE EXTENSION koe5_vector CASCADE").unwrap();

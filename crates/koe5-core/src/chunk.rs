@@ -51,9 +51,13 @@ fn skip_space(doc: &str, pos: usize) -> usize {
 
 /// The best text boundary `p` with `after < p <= limit`, where `doc[after]` is not
 /// whitespace. A whitespace run is cut at its start; what it holds (two line breaks,
-/// one, none after a sentence end, none) makes its kind.
+/// one, none after a sentence end, none) makes its kind. Boundaries in the second half
+/// of the reach come first, so that a heading or a short line early on does not end a
+/// chunk that could hold much more: it joins the text that follows it.
 fn text_cut(doc: &str, after: usize, limit: usize) -> Option<usize> {
+    let half = after + (limit - after) / 2;
     let mut best = [None; 4];
+    let mut late = [None; 4];
     let mut chars = doc[after..].char_indices().map(|(i, c)| (after + i, c)).peekable();
     let mut prev = None;
     while let Some((i, c)) = chars.next() {
@@ -72,16 +76,22 @@ fn text_cut(doc: &str, after: usize, limit: usize) -> Option<usize> {
                 _ => PARAGRAPH,
             };
             best[kind] = Some(i);
+            if i >= half {
+                late[kind] = Some(i);
+            }
             prev = None;
             continue;
         }
         let next = i + c.len_utf8();
         if ends_cjk_sentence(c) && next <= limit && chars.peek().is_some_and(|&(_, n)| !is_py_space(n)) {
             best[SENTENCE] = Some(next);
+            if next >= half {
+                late[SENTENCE] = Some(next);
+            }
         }
         prev = Some(c);
     }
-    best.into_iter().flatten().next()
+    late.into_iter().flatten().next().or_else(|| best.into_iter().flatten().next())
 }
 
 /// The planning view of a document: where each of its tokens starts, for the part
@@ -498,8 +508,12 @@ mod tests {
     fn text_cuts_prefer_paragraphs_then_lines_then_sentences() {
         let doc = "가 나.\n다 라.\n\n마 바. 사 아";
         let cut = |limit| &doc[..text_cut(doc, 0, limit).unwrap()];
-        assert_eq!(cut(doc.len()), "가 나.\n다 라.");
         assert_eq!(cut(doc.find("\n\n").unwrap() - 1), "가 나.");
+        assert_eq!(cut(doc.len()), "가 나.\n다 라.");
+        // A blank line early in the reach (after a heading) loses to a sentence end in
+        // its second half.
+        let titled = "제1장\n\n가 나. 다 라. 마 바. 사 아";
+        assert_eq!(&titled[..text_cut(titled, 0, titled.len()).unwrap()], "제1장\n\n가 나. 다 라. 마 바.");
         let tail = doc.find("마").unwrap();
         let cut_tail = |limit| &doc[tail..text_cut(doc, tail, limit).unwrap()];
         assert_eq!(cut_tail(doc.len()), "마 바.");
