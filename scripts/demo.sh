@@ -71,7 +71,7 @@ if ! as_pg "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
 fi
 psql() { as_pg "$BIN/psql" -h /tmp -p "$PORT" -U postgres -v ON_ERROR_STOP=1 -X -q "$@"; }
 psql -d postgres -c "DROP DATABASE IF EXISTS koe5_demo" -c "CREATE DATABASE koe5_demo"
-psql -d koe5_demo -c "CREATE EXTENSION vector" -c "CREATE EXTENSION koe5" \
+psql -d koe5_demo -c "CREATE EXTENSION koe5_vector CASCADE" \
      -c "ALTER DATABASE koe5_demo SET koe5.model_path = '$model'"
 
 # One row per article (제1조 … 제130조), from the project's copy of the constitution.
@@ -110,10 +110,24 @@ for q in "대통령의 임기는 몇 년인가?" "헌법재판소는 어떤 권�
     echo
     echo "Q: $q"
     psql -d koe5_demo -P footer=off -c "
-        SELECT title, round((1 - (emb <=> koe5_query('$q')::vector))::numeric, 4) AS score,
+        SELECT title, round((1 - (emb <=> koe5_query_vector('$q')))::numeric, 4) AS score,
                left(body, 60) AS text
-        FROM articles ORDER BY emb <=> koe5_query('$q')::vector LIMIT 3"
+        FROM articles ORDER BY emb <=> koe5_query_vector('$q') LIMIT 3"
 done
+
+# A long document: cut into chunks the model takes whole, embedded by a backfill.
+echo
+echo "==> a bill (data/ko/bill-1809896.txt) in chunks of at most 256 tokens, embedded by koe5_backfill"
+psql -d koe5_demo -v bill="$(cat "$repo/data/ko/bill-1809896.txt")" <<SQL
+CREATE TABLE bill_chunks (ord int PRIMARY KEY, chunk text NOT NULL, n_tokens int, emb vector($dim));
+INSERT INTO bill_chunks SELECT ord, chunk, n_tokens FROM koe5_chunks(:'bill', 256);
+CALL koe5_backfill('bill_chunks', 'chunk', 'emb');
+\\echo
+\\echo Q: 청문을 신청할 수 있는 경우
+SELECT ord, n_tokens, round((1 - (emb <=> koe5_query_vector('청문을 신청할 수 있는 경우')))::numeric, 4) AS score,
+       left(regexp_replace(chunk, '\\s+', ' ', 'g'), 60) AS text
+FROM bill_chunks ORDER BY emb <=> koe5_query_vector('청문을 신청할 수 있는 경우') LIMIT 3;
+SQL
 
 if [ $real = yes ]; then
     echo

@@ -41,7 +41,10 @@ for part in "${parts[@]}"; do
             ;;
         pg18|pg15)
             echo "==> koe5 extension tests on PostgreSQL ${part#pg}"
-            scripts/install-companion.sh "$(cargo pgrx info pg-config "$part")"
+            pg_config=$(cargo pgrx info pg-config "$part")
+            scripts/install-companion.sh "$pg_config"
+            # koe5 0.1.0's install script, so the tests can upgrade from it.
+            install -m 644 tests/upgrade/koe5--0.1.0.sql "$("$pg_config" --sharedir)/extension/"
             nice cargo pgrx test "$part" --runas postgres --pgdata "$KOE5_HOME/test-pgdata-${part#pg}"
             ;;
         *)

@@ -1,6 +1,7 @@
 -- koe5: KoE5 text embeddings inside PostgreSQL.
--- The whole SQL surface of the extension, written by hand (the Rust functions are
--- declared with `sql = false`). Embedding functions are IMMUTABLE: the vector of a text
+-- The SQL surface of the extension as of 0.1.0, written by hand (the Rust functions are
+-- declared with `sql = false`); what later versions add is in koe5--0.1.0--0.2.0.sql
+-- and so on, which a fresh install runs after this file. Embedding functions are IMMUTABLE: the vector of a text
 -- depends only on the loaded model, which koe5_model_info() identifies by SHA-256.
 -- Re-embed stored vectors if you change models.
 
@@ -59,29 +60,3 @@ COMMENT ON FUNCTION koe5_download() IS
     'Downloads koe5.model_id from the Hugging Face Hub into the server''s Hugging Face cache (superuser only); returns the snapshot directory';
 REVOKE ALL ON FUNCTION koe5_download() FROM PUBLIC;
 
--- Monitoring --------------------------------------------------------------------
-
-CREATE FUNCTION koe5_backend_stats(OUT texts_embedded bigint, OUT query_cache_hits bigint,
-                                   OUT query_cache_entries integer)
-    RETURNS SETOF record
-    VOLATILE PARALLEL RESTRICTED ROWS 1
-    LANGUAGE c AS 'MODULE_PATHNAME', 'koe5_backend_stats_wrapper';
-COMMENT ON FUNCTION koe5_backend_stats() IS
-    'This backend''s counters: texts embedded, query-cache hits, queries in the cache';
-
--- Chunking ----------------------------------------------------------------------
-
-CREATE FUNCTION koe5__chunks_utf8(doc text, max_tokens integer, overlap_tokens integer)
-    RETURNS TABLE (ord integer, chunk bytea, n_tokens integer)
-    IMMUTABLE STRICT PARALLEL SAFE COST 1000 ROWS 10
-    LANGUAGE c AS 'MODULE_PATHNAME', 'koe5_chunks_utf8_wrapper';
-
-CREATE FUNCTION koe5_chunks(doc text, max_tokens integer DEFAULT 512, overlap_tokens integer DEFAULT 0)
-    RETURNS TABLE (ord integer, chunk text, n_tokens integer)
-    IMMUTABLE STRICT PARALLEL SAFE COST 1000 ROWS 10
-    LANGUAGE sql
-BEGIN ATOMIC
-    SELECT c.ord, convert_from(c.chunk, 'UTF8'), c.n_tokens FROM koe5__chunks_utf8(doc, max_tokens, overlap_tokens) AS c ORDER BY c.ord;
-END;
-COMMENT ON FUNCTION koe5_chunks(text, integer, integer) IS
-    'Cuts a document into pieces of at most max_tokens model tokens (prefix included), preferring paragraph, line and sentence ends';

@@ -20,7 +20,9 @@ mod tests;
 pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/koe5.sql", name = "koe5_api");
-extension_sql_file!("../sql/pipelines.sql", name = "koe5_pipelines", requires = ["koe5_api"], finalize);
+// Each version's additions are its upgrade script, run after the 0.1.0 surface on a
+// fresh install: installing and upgrading give the same extension.
+extension_sql_file!("../sql/koe5--0.1.0--0.2.0.sql", name = "koe5_0_2_0", requires = ["koe5_api"], finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -1415,4 +1415,52 @@ mod client_tests {
         let left: i64 = db.query_one("SELECT count(*) FROM koe5_queue_status", &[]).unwrap().get(0);
         assert_eq!(left, 0);
     }
+
+    fn extension_objects(c: &mut postgres::Client) -> Vec<String> {
+        c.query(
+            "SELECT pg_describe_object(d.classid, d.objid, d.objsubid) || coalesce(' ' || md5(pg_get_functiondef(p.oid)), '')
+             FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'koe5'
+             LEFT JOIN pg_proc p ON d.classid = 'pg_proc'::regclass AND p.oid = d.objid AND p.prokind <> 'a'
+             WHERE d.deptype = 'e' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        // the test build's own functions live in schema "tests"
+        .filter(|d| !d.contains(" tests."))
+        .filter(|d| d != "schema tests")
+        .collect()
+    }
+
+    #[test]
+    fn upgrade_from_0_1_0_keeps_data_and_equals_a_fresh_install() {
+        let mut fresh = fresh_database("koe5_fresh", "UTF8");
+        let mut admin = connect(None);
+        admin.batch_execute("DROP DATABASE IF EXISTS koe5_upgraded").unwrap();
+        admin.batch_execute("CREATE DATABASE koe5_upgraded").unwrap();
+        let mut old = connect(Some("koe5_upgraded"));
+        old.batch_execute(&format!(
+            "CREATE EXTENSION koe5 VERSION '0.1.0';
+             SET koe5.model_path = '{FIXTURES}/tiny-xlmr';
+             CREATE TABLE docs (id int PRIMARY KEY, body text,
+                                emb real[] GENERATED ALWAYS AS (koe5_passage(body)) STORED);
+             INSERT INTO docs VALUES (1, '대한민국은 민주공화국이다.'), (2, '모든 국민은 법 앞에 평등하다.');"
+        ))
+        .unwrap();
+        let before: Vec<Vec<f32>> =
+            old.query("SELECT emb FROM docs ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        old.batch_execute("ALTER EXTENSION koe5 UPDATE").unwrap();
+        let version: String =
+            old.query_one("SELECT extversion FROM pg_extension WHERE extname = 'koe5'", &[]).unwrap().get(0);
+        assert_eq!(version, "0.2.0");
+        let after: Vec<Vec<f32>> =
+            old.query("SELECT emb FROM docs ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        assert_eq!(after, before, "stored embeddings survive the upgrade");
+        let n: i64 = old.query_one("SELECT count(*) FROM koe5_chunks('가나다. 라마바.')", &[]).unwrap().get(0);
+        assert_eq!(n, 1);
+        let (upgraded, installed) = (extension_objects(&mut old), extension_objects(&mut fresh));
+        assert!(installed.len() > 40, "{installed:?}");
+        assert_eq!(upgraded, installed, "an upgraded 0.1.0 must equal a fresh 0.2.0");
+    }
 }

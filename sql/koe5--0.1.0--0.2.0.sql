@@ -1,4 +1,35 @@
--- koe5 pipelines: keep embeddings in step with tables.
+-- koe5 0.2.0: everything added since 0.1.0. A fresh install runs sql/koe5.sql and then
+-- this file; `ALTER EXTENSION koe5 UPDATE` from 0.1.0 runs this file alone, so both
+-- paths give the same objects (tested).
+
+-- Monitoring --------------------------------------------------------------------
+
+CREATE FUNCTION koe5_backend_stats(OUT texts_embedded bigint, OUT query_cache_hits bigint,
+                                   OUT query_cache_entries integer)
+    RETURNS SETOF record
+    VOLATILE PARALLEL RESTRICTED ROWS 1
+    LANGUAGE c AS 'MODULE_PATHNAME', 'koe5_backend_stats_wrapper';
+COMMENT ON FUNCTION koe5_backend_stats() IS
+    'This backend''s counters: texts embedded, query-cache hits, queries in the cache';
+
+-- Chunking ----------------------------------------------------------------------
+
+CREATE FUNCTION koe5__chunks_utf8(doc text, max_tokens integer, overlap_tokens integer)
+    RETURNS TABLE (ord integer, chunk bytea, n_tokens integer)
+    IMMUTABLE STRICT PARALLEL SAFE COST 1000 ROWS 10
+    LANGUAGE c AS 'MODULE_PATHNAME', 'koe5_chunks_utf8_wrapper';
+
+CREATE FUNCTION koe5_chunks(doc text, max_tokens integer DEFAULT 512, overlap_tokens integer DEFAULT 0)
+    RETURNS TABLE (ord integer, chunk text, n_tokens integer)
+    IMMUTABLE STRICT PARALLEL SAFE COST 1000 ROWS 10
+    LANGUAGE sql
+BEGIN ATOMIC
+    SELECT c.ord, convert_from(c.chunk, 'UTF8'), c.n_tokens FROM koe5__chunks_utf8(doc, max_tokens, overlap_tokens) AS c ORDER BY c.ord;
+END;
+COMMENT ON FUNCTION koe5_chunks(text, integer, integer) IS
+    'Cuts a document into pieces of at most max_tokens model tokens (prefix included), preferring paragraph, line and sentence ends';
+
+-- Pipelines: keep embeddings in step with tables.
 --
 --   koe5_embed_trigger()    a BEFORE trigger that embeds a row as it is written
 --   koe5_backfill(...)      a procedure that embeds what is missing, batch by batch,
