@@ -37,8 +37,10 @@ COMMENT ON FUNCTION koe5_chunks(text, integer, integer) IS
 --   koe5_enqueue_table(...) writes record changed rows in a queue; the background
 --                           worker (or koe5_process_queue()) embeds them later
 --
--- Every function here either pins search_path or (the procedure, which must commit
--- and so cannot carry a SET clause) names what it calls with a schema.
+-- Every function here pins search_path with a SET clause; the procedure, which must
+-- commit and so cannot carry one, pins it for each of its transactions. None is
+-- SECURITY DEFINER except the event trigger that forgets dropped tables: users reach
+-- the queue through row-level security, as themselves.
 
 -- Columns ----------------------------------------------------------------------
 
@@ -73,7 +75,7 @@ BEGIN
     END IF;
     IF generated <> '' THEN
         RAISE EXCEPTION 'column "%" of relation "%" is a generated column', target, relname
-            USING ERRCODE = 'wrong_object_type',
+            USING ERRCODE = 'generated_always',
                   HINT = 'A generated column embeds by itself; koe5 writes into ordinary columns.';
     END IF;
     SELECT t.typname INTO type_name FROM pg_type t WHERE t.oid = target_type;
@@ -145,13 +147,25 @@ $$;
 COMMENT ON FUNCTION koe5_embed_trigger() IS
     'Trigger: embeds column TG_ARGV[0] into TG_ARGV[1] (real[], vector or halfvec) as ''passage'' or ''query'' (TG_ARGV[2]) when the text changes';
 
+-- The name of a relation as PostgreSQL's own messages give it: bare, unquoted.
+CREATE FUNCTION koe5__relname(rel regclass) RETURNS text
+    STABLE PARALLEL SAFE LANGUAGE sql
+    SET search_path = pg_catalog, pg_temp
+    RETURN (SELECT c.relname::text FROM pg_class c WHERE c.oid = rel);
+
+-- Whether the current user may act as the owner of `rel`.
+CREATE FUNCTION koe5__owns(rel regclass) RETURNS boolean
+    STABLE PARALLEL SAFE LANGUAGE sql
+    SET search_path = pg_catalog, pg_temp
+    RETURN coalesce((SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = rel), false);
+
 -- Backfill ---------------------------------------------------------------------
 
 -- One row per koe5_backfill() call. Committed with every batch, so other sessions
 -- (and a rerun after a crash) see exactly what is done.
 CREATE TABLE koe5_backfill_runs (
     run_id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    relid       oid NOT NULL,
+    relid       regclass NOT NULL,
     source      text NOT NULL,
     target      text NOT NULL,
     kind        text NOT NULL,
@@ -163,24 +177,27 @@ CREATE TABLE koe5_backfill_runs (
     rows_total  bigint NOT NULL,
     rows_done   bigint NOT NULL DEFAULT 0,
     rows_failed bigint NOT NULL DEFAULT 0,
-    state       text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'done')),
+    state       text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'done', 'failed')),
     last_error  text
 );
+-- Anyone may record runs of tables they may update, and read runs of tables they may read.
 ALTER TABLE koe5_backfill_runs ENABLE ROW LEVEL SECURITY;
-CREATE POLICY koe5_backfill_runs_read ON koe5_backfill_runs FOR SELECT USING (true);
-CREATE POLICY koe5_backfill_runs_insert ON koe5_backfill_runs FOR INSERT WITH CHECK (run_by = current_user);
+CREATE POLICY koe5_backfill_runs_read ON koe5_backfill_runs FOR SELECT
+    USING (run_by = current_user OR coalesce(pg_catalog.has_table_privilege(relid, 'SELECT'), false));
+CREATE POLICY koe5_backfill_runs_insert ON koe5_backfill_runs FOR INSERT
+    WITH CHECK (run_by = current_user AND coalesce(pg_catalog.has_table_privilege(relid, 'UPDATE'), false));
 CREATE POLICY koe5_backfill_runs_update ON koe5_backfill_runs FOR UPDATE USING (run_by = current_user);
 CREATE POLICY koe5_backfill_runs_delete ON koe5_backfill_runs FOR DELETE USING (run_by = current_user);
 GRANT SELECT, INSERT, UPDATE, DELETE ON koe5_backfill_runs TO PUBLIC;
 
--- A running backfill holds this advisory lock (two keys: 'koe5' and the run id) in
--- every batch transaction; a run marked running whose lock nobody holds was stopped.
+-- A run holds an advisory lock (keys 'koe5' and the run id) in each of its batch
+-- transactions; a run marked running whose lock nobody holds was stopped.
 CREATE VIEW koe5_backfill_progress AS
 SELECT r.run_id,
-       r.relid::regclass AS table_name,
+       r.relid AS table_name,
        r.source, r.target, r.kind, r.run_by, r.pid,
        CASE
-           WHEN r.state = 'done' THEN 'done'
+           WHEN r.state <> 'running' THEN r.state
            WHEN EXISTS (SELECT FROM pg_catalog.pg_locks l
                         WHERE l.locktype = 'advisory' AND l.classid = 1802462517::oid
                           AND l.objid = r.run_id::oid AND l.objsubid = 2 AND l.granted) THEN 'running'
@@ -190,7 +207,7 @@ SELECT r.run_id,
        round(100.0 * r.rows_done / nullif(r.rows_total, 0), 1) AS percent,
        round((r.rows_done / nullif(extract(epoch FROM r.updated_at - r.started_at), 0))::numeric, 2) AS rows_per_second,
        CASE WHEN r.state = 'running' AND r.rows_done > 0 THEN
-           (r.updated_at - r.started_at) * ((r.rows_total - r.rows_done - r.rows_failed)::float8 / r.rows_done)
+           (r.updated_at - r.started_at) * (greatest(r.rows_total - r.rows_done - r.rows_failed, 0)::float8 / r.rows_done)
        END AS time_left,
        r.started_at, r.updated_at, r.finished_at, r.last_error
 FROM @extschema@.koe5_backfill_runs r;
@@ -207,105 +224,143 @@ DECLARE
     total bigint;
     done bigint := 0;
     failed bigint := 0;
+    streak integer := 0;       -- rows failed in a row, with no success between
     n bigint;
     ok bigint;
     skip tid[] := '{}';
-    after tid := '(0,0)';
-    last_tid tid;
-    finished boolean;
+    parts regclass[];
+    part regclass;
+    nblocks bigint;
+    blk bigint;
+    step bigint;
+    final boolean;
+    range_sql text;
+    lock_sql text;
+    pending_sql text;
+    fn text;
     err text;
+    err_state text;
+    err_detail text;
     started timestamptz := pg_catalog.clock_timestamp();
     last_notice timestamptz := started;
-    pending_sql text;
-    batch_sql text;
-    row_sql text;
-    fn text;
     r record;
 BEGIN
+    -- A procedure that commits cannot pin search_path with a SET clause: it pins it in
+    -- each of its transactions instead (set_config(..., true) lasts until COMMIT).
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     PERFORM @extschema@.koe5__check_kind(kind);
     PERFORM @extschema@.koe5__check_columns(tbl, source, target);
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    fn := pg_catalog.format('%I.%I', '@extschema@', 'koe5_' || kind);
-    pending_sql := pg_catalog.format('FROM %s AS t WHERE t.%I IS NULL AND t.%I IS NOT NULL', tbl, target, source);
-    -- One batch: lock rows still missing their embedding (skipping rows other sessions
-    -- hold), embed their texts in one padded batch, write the vectors back by ctid.
-    -- Batches walk the table in physical order (ctid > the last batch's largest), so
-    -- each one starts where the last stopped instead of rescanning finished rows.
-    batch_sql := pg_catalog.format(
-        'WITH todo AS (SELECT t.ctid AS tid, t.%1$I::text AS body %2$s AND t.ctid > $3 AND t.ctid <> ALL ($2)
-                       LIMIT $1 FOR UPDATE OF t SKIP LOCKED),
-              batch AS (SELECT array_agg(tid) AS tids, array_agg(body) AS bodies FROM todo),
-              updated AS (UPDATE %3$s AS t SET %4$I = z.embedding
-                          FROM batch, ROWS FROM (pg_catalog.unnest(batch.tids), %5$s(batch.bodies)) AS z(tid, embedding)
-                          WHERE t.ctid = z.tid RETURNING 1)
-         SELECT (SELECT pg_catalog.count(*) FROM updated), (SELECT pg_catalog.max(tid) FROM todo)',
-        source, pending_sql, tbl, target, fn);
-    row_sql := pg_catalog.format('UPDATE %s AS t SET %I = %s($1) WHERE t.ctid = $2', tbl, target, fn);
-
-    EXECUTE 'SELECT pg_catalog.count(*) ' || pending_sql INTO total;
+    fn := format('%s.%I', '@extschema@', 'koe5_' || kind);
+    EXECUTE format('SELECT count(*) FROM %s AS t WHERE t.%I IS NULL AND t.%I IS NOT NULL', tbl, target, source)
+        INTO total;
     INSERT INTO @extschema@.koe5_backfill_runs (relid, source, target, kind, rows_total)
         VALUES (tbl, source, target, kind, total) RETURNING run_id INTO run;
-    RAISE NOTICE 'koe5_backfill: run %, % rows of % to embed', run, total, tbl;
+    RAISE NOTICE 'koe5_backfill: run %, % rows of "%" to embed', run, total, @extschema@.koe5__relname(tbl);
+    -- Row addresses (ctid) are per physical table: a partitioned table or one with
+    -- inheritance children is embedded one physical table at a time.
+    SELECT array_agg(p.relid ORDER BY p.level, p.relid) INTO parts FROM pg_partition_tree(tbl) AS p WHERE p.isleaf;
+    parts := coalesce(parts, ARRAY[tbl]);
     COMMIT;
 
-    LOOP
-        PERFORM pg_catalog.pg_advisory_xact_lock(1802462517, run::integer);
-        BEGIN
-            EXECUTE batch_sql INTO n, last_tid USING batch_size, skip, after;
-            ok := n;
-        EXCEPTION WHEN OTHERS THEN
-            -- Some text in the batch cannot be embedded or stored: go row by row,
-            -- keep the rows that work, report and skip the others.
-            n := 0;
-            ok := 0;
-            last_tid := NULL;
-            FOR r IN EXECUTE pg_catalog.format(
-                'SELECT t.ctid AS tid, t.%I::text AS body %s AND t.ctid > $3 AND t.ctid <> ALL ($2)
-                 LIMIT $1 FOR UPDATE OF t SKIP LOCKED',
-                source, pending_sql) USING batch_size, skip, after
-            LOOP
-                n := n + 1;
-                last_tid := GREATEST(last_tid, r.tid);
-                BEGIN
-                    EXECUTE row_sql USING r.body, r.tid;
-                    ok := ok + 1;
-                EXCEPTION WHEN OTHERS THEN
-                    GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
-                    skip := skip || r.tid;
-                    RAISE WARNING 'koe5_backfill: row % of % not embedded: %', r.tid, tbl, err;
-                END;
-            END LOOP;
-            IF n > 0 AND ok = 0 AND done = 0 THEN
-                -- Nothing has ever worked: a setting or the table is wrong, not a row.
-                RAISE EXCEPTION 'koe5_backfill: no row of % could be embedded: %', tbl, err
-                    USING ERRCODE = 'object_not_in_prerequisite_state';
+    FOREACH part IN ARRAY parts LOOP
+        -- Walk the table in ranges of blocks (growing while they come back short), then
+        -- make a last pass over the whole table that waits for rows others had locked.
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        nblocks := pg_relation_size(part) / current_setting('block_size')::bigint;
+        blk := 0;
+        step := 8;
+        final := nblocks = 0;
+        skip := '{}';
+        LOOP
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+            PERFORM pg_try_advisory_xact_lock(1802462517, run::integer);
+            range_sql := CASE WHEN final THEN '' ELSE
+                format(' AND t.ctid >= %L::tid AND t.ctid < %L::tid', format('(%s,0)', blk), format('(%s,0)', blk + step))
+            END;
+            lock_sql := CASE WHEN final THEN 'FOR NO KEY UPDATE OF t' ELSE 'FOR NO KEY UPDATE OF t SKIP LOCKED' END;
+            pending_sql := format('FROM ONLY %s AS t WHERE t.%I IS NULL AND t.%I IS NOT NULL AND t.ctid <> ALL ($2)%s',
+                                  part, target, source, range_sql);
+            err := NULL;
+            BEGIN
+                -- One batch: embed the texts in one padded batch, write the vectors back by ctid.
+                EXECUTE format(
+                    'WITH todo AS (SELECT t.ctid AS tid, t.%1$I::text AS body %2$s LIMIT $1 %3$s),
+                          batch AS (SELECT array_agg(tid) AS tids, array_agg(body) AS bodies FROM todo),
+                          updated AS (UPDATE ONLY %4$s AS t SET %5$I = z.embedding
+                                      FROM batch, ROWS FROM (unnest(batch.tids), %6$s(batch.bodies)) AS z(tid, embedding)
+                                      WHERE t.ctid = z.tid RETURNING 1)
+                     SELECT count(*) FROM updated', source, pending_sql, lock_sql, part, target, fn)
+                    INTO n USING batch_size, skip;
+                ok := n;
+                IF n > 0 THEN
+                    streak := 0;
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                -- Some row of the batch cannot be embedded or stored: go row by row,
+                -- keep the rows that work, report and skip the others.
+                n := 0;
+                ok := 0;
+                FOR r IN EXECUTE format('SELECT t.ctid AS tid, t.%I::text AS body %s LIMIT $1 %s',
+                                        source, pending_sql, lock_sql) USING batch_size, skip
+                LOOP
+                    n := n + 1;
+                    BEGIN
+                        EXECUTE format('UPDATE ONLY %s AS t SET %I = %s($1) WHERE t.ctid = $2', part, target, fn)
+                            USING r.body, r.tid;
+                        ok := ok + 1;
+                        streak := 0;
+                    EXCEPTION WHEN OTHERS THEN
+                        GET STACKED DIAGNOSTICS err = MESSAGE_TEXT, err_state = RETURNED_SQLSTATE,
+                                                err_detail = PG_EXCEPTION_DETAIL;
+                        skip := skip || r.tid;
+                        streak := streak + 1;
+                        RAISE WARNING 'koe5_backfill: row % of "%" not embedded: %',
+                            r.tid, @extschema@.koe5__relname(part), err;
+                    END;
+                    EXIT WHEN streak >= 32;
+                END LOOP;
+            END;
+            done := done + ok;
+            failed := failed + (n - ok);
+            UPDATE @extschema@.koe5_backfill_runs
+                SET rows_done = done, rows_failed = failed, updated_at = clock_timestamp(),
+                    last_error = coalesce(err, last_error)
+                WHERE run_id = run;
+            IF streak >= 32 THEN
+                -- So many failures with no success between them point at the settings
+                -- or the table, not at rows: stop, keeping what is done.
+                UPDATE @extschema@.koe5_backfill_runs SET state = 'failed', finished_at = clock_timestamp()
+                    WHERE run_id = run;
+                COMMIT;
+                IF coalesce(err_detail, '') = '' THEN
+                    RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err,
+                        HINT = 'koe5_backfill stopped after 32 rows in a row failed; the rows embedded before are kept.';
+                END IF;
+                RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err, DETAIL = err_detail,
+                    HINT = 'koe5_backfill stopped after 32 rows in a row failed; the rows embedded before are kept.';
             END IF;
-        END;
-        done := done + ok;
-        failed := failed + (n - ok);
-        -- At the end of the table, look once more from its start (a scan may have
-        -- begun mid-table, or rows may have moved); finished when that finds nothing.
-        finished := n = 0 AND after = '(0,0)';
-        after := CASE WHEN n = 0 THEN '(0,0)'::tid ELSE last_tid END;
-        UPDATE @extschema@.koe5_backfill_runs
-            SET rows_done = done, rows_failed = failed, updated_at = pg_catalog.clock_timestamp(),
-                last_error = coalesce(err, last_error),
-                state = CASE WHEN finished THEN 'done' ELSE 'running' END,
-                finished_at = CASE WHEN finished THEN pg_catalog.clock_timestamp() END
-            WHERE run_id = run;
-        COMMIT;
-        EXIT WHEN finished;
-        IF pg_catalog.clock_timestamp() - last_notice >= interval '5 seconds' THEN
-            last_notice := pg_catalog.clock_timestamp();
-            RAISE NOTICE 'koe5_backfill: % of % rows (% %%), % rows/s',
-                done, total, pg_catalog.round(100.0 * done / GREATEST(total, 1), 1),
-                pg_catalog.round((done / GREATEST(extract(epoch FROM last_notice - started), 0.001))::numeric, 1);
-        END IF;
+            COMMIT;
+            IF n = 0 OR n < batch_size THEN
+                EXIT WHEN final;
+                blk := blk + step;
+                step := least(step * 2, 4096);
+                final := blk >= nblocks;
+            END IF;
+            IF clock_timestamp() - last_notice >= interval '5 seconds' THEN
+                last_notice := clock_timestamp();
+                RAISE NOTICE 'koe5_backfill: % of % rows (% %%), % rows/s',
+                    done, total, round(100.0 * done / GREATEST(total, 1), 1),
+                    round((done / GREATEST(extract(epoch FROM last_notice - started), 0.001))::numeric, 1);
+            END IF;
+        END LOOP;
     END LOOP;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    UPDATE @extschema@.koe5_backfill_runs SET state = 'done', finished_at = clock_timestamp() WHERE run_id = run;
     RAISE NOTICE 'koe5_backfill: % rows embedded, % failed, in % s', done, failed,
-        pg_catalog.round(extract(epoch FROM pg_catalog.clock_timestamp() - started)::numeric, 1);
+        round(extract(epoch FROM clock_timestamp() - started)::numeric, 1);
 END
 $$;
 COMMENT ON PROCEDURE koe5_backfill(regclass, text, text, text, integer) IS
@@ -313,98 +368,122 @@ COMMENT ON PROCEDURE koe5_backfill(regclass, text, text, text, integer) IS
 
 -- Queue and background worker ------------------------------------------------------
 
+-- Tables whose rows the worker embeds. Columns are kept by number, so renaming them
+-- does not break the queue; rows are named by their primary key at processing time.
 CREATE TABLE koe5_queued_tables (
-    relid         oid PRIMARY KEY,
-    source        text NOT NULL,
-    target        text NOT NULL,
-    kind          text NOT NULL,
-    key_columns   text[] NOT NULL,
+    relid         regclass PRIMARY KEY,
+    source_attnum smallint NOT NULL,
+    target_attnum smallint NOT NULL,
+    kind          text NOT NULL CHECK (kind IN ('passage', 'query')),
     registered_at timestamptz NOT NULL DEFAULT now(),
     rows_done     bigint NOT NULL DEFAULT 0,
     last_done_at  timestamptz
 );
 
+CREATE SEQUENCE koe5_queue_id_seq;
 CREATE TABLE koe5_queue (
-    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    relid           oid NOT NULL,
-    row_key         jsonb NOT NULL,
+    id              bigint PRIMARY KEY DEFAULT nextval('koe5_queue_id_seq'),
+    relid           regclass NOT NULL,
+    row_key         text[] NOT NULL,   -- the primary key's values, as text, in key order
     queued_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
     attempts        integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT '-infinity',
     last_error      text,
     failed_at       timestamptz
 );
+ALTER SEQUENCE koe5_queue_id_seq OWNED BY koe5_queue.id;
 CREATE INDEX koe5_queue_pending ON koe5_queue (relid, id) WHERE failed_at IS NULL;
+
+-- The queue is the users' data: pg_dump keeps it (relids are regclass, so they follow
+-- the tables by name).
+SELECT pg_catalog.pg_extension_config_dump('koe5_queued_tables', '');
+SELECT pg_catalog.pg_extension_config_dump('koe5_queue', '');
+SELECT pg_catalog.pg_extension_config_dump('koe5_queue_id_seq', '');
+
+-- Owners register and process their tables; writers add entries for tables they may write.
+ALTER TABLE koe5_queued_tables ENABLE ROW LEVEL SECURITY;
+CREATE POLICY koe5_queued_tables_read ON koe5_queued_tables FOR SELECT
+    USING (coalesce(pg_catalog.has_table_privilege(relid, 'SELECT, INSERT, UPDATE'), false));
+CREATE POLICY koe5_queued_tables_own ON koe5_queued_tables FOR ALL
+    USING (@extschema@.koe5__owns(relid)) WITH CHECK (@extschema@.koe5__owns(relid));
+GRANT SELECT, INSERT, UPDATE, DELETE ON koe5_queued_tables TO PUBLIC;
+
+ALTER TABLE koe5_queue ENABLE ROW LEVEL SECURITY;
+CREATE POLICY koe5_queue_write ON koe5_queue FOR INSERT
+    WITH CHECK (attempts = 0 AND failed_at IS NULL
+                AND EXISTS (SELECT FROM @extschema@.koe5_queued_tables r WHERE r.relid = koe5_queue.relid)
+                AND coalesce(pg_catalog.has_table_privilege(relid, 'INSERT, UPDATE'), false));
+CREATE POLICY koe5_queue_own ON koe5_queue FOR ALL
+    USING (@extschema@.koe5__owns(relid)) WITH CHECK (@extschema@.koe5__owns(relid));
+GRANT SELECT, INSERT, UPDATE, DELETE ON koe5_queue TO PUBLIC;
+GRANT USAGE ON SEQUENCE koe5_queue_id_seq TO PUBLIC;
 
 -- Rows that fail this many times are set aside as failed (see koe5_queue_failures).
 CREATE FUNCTION koe5__queue_max_attempts() RETURNS integer
     IMMUTABLE PARALLEL SAFE LANGUAGE sql RETURN 3;
 
--- Records a changed row. Runs as the extension's owner so that writers need no
--- rights on the queue; it only accepts tables registered by koe5_enqueue_table().
-CREATE FUNCTION koe5__enqueue_trigger() RETURNS trigger
-    LANGUAGE plpgsql
-    SECURITY DEFINER
+-- The primary key columns of `rel` in key order, with their types.
+CREATE FUNCTION koe5__key_columns(rel regclass, OUT names text[], OUT types text[])
+    STABLE LANGUAGE sql
+    SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT array_agg(a.attname::text ORDER BY k.ord), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.ord)
+    FROM pg_index i
+    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = rel AND i.indisprimary;
+END;
+
+-- The name of column number `attnum` of `rel` (an error if it was dropped).
+CREATE FUNCTION koe5__column_name(rel regclass, attnum smallint) RETURNS text
+    STABLE LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    reg @extschema@.koe5_queued_tables;
-    row_json jsonb;
+    name text := (SELECT a.attname FROM pg_attribute a
+                  WHERE a.attrelid = rel AND a.attnum = koe5__column_name.attnum AND NOT a.attisdropped);
 BEGIN
-    SELECT * INTO reg FROM @extschema@.koe5_queued_tables WHERE relid = TG_RELID;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'relation "%" is not registered with koe5_enqueue_table()', TG_RELID::regclass
-            USING ERRCODE = 'object_not_in_prerequisite_state';
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'a column of relation "%" registered with koe5_enqueue_table() was dropped',
+            @extschema@.koe5__relname(rel)
+            USING ERRCODE = 'undefined_column', HINT = 'Call koe5_enqueue_table() again.';
     END IF;
-    row_json := to_jsonb(NEW);
-    IF TG_OP = 'UPDATE' AND to_jsonb(OLD) -> reg.source IS NOT DISTINCT FROM row_json -> reg.source THEN
+    RETURN name;
+END
+$$;
+
+-- Records a changed row: runs as the writer, who needs no rights beyond writing the
+-- table (the queue's policy checks them).
+CREATE FUNCTION koe5__enqueue_trigger() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    reg record;
+    source text;
+    keys text;
+    new_text text;
+    old_text text;
+    row_key text[];
+BEGIN
+    SELECT r.source_attnum INTO reg FROM @extschema@.koe5_queued_tables r WHERE r.relid = TG_RELID;
+    IF NOT FOUND THEN
+        -- Writes never fail because of the queue.
+        RAISE WARNING 'relation "%" has a koe5_enqueue trigger but is not registered', @extschema@.koe5__relname(TG_RELID)
+            USING HINT = 'Call koe5_enqueue_table() or koe5_dequeue_table() for it.';
         RETURN NULL;
     END IF;
-    INSERT INTO @extschema@.koe5_queue (relid, row_key)
-        SELECT TG_RELID, jsonb_object_agg(k, row_json -> k) FROM unnest(reg.key_columns) AS k;
+    source := @extschema@.koe5__column_name(TG_RELID, reg.source_attnum);
+    IF TG_OP = 'UPDATE' THEN
+        EXECUTE format('SELECT ($1).%1$I::text, ($2).%1$I::text', source) INTO new_text, old_text USING NEW, OLD;
+        IF new_text IS NOT DISTINCT FROM old_text THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    SELECT string_agg(format('($1).%I::text', c), ', ') INTO keys FROM unnest((@extschema@.koe5__key_columns(TG_RELID)).names) AS c;
+    EXECUTE format('SELECT ARRAY[%s]::text[]', keys) INTO row_key USING NEW;
+    INSERT INTO @extschema@.koe5_queue (relid, row_key) VALUES (TG_RELID, row_key);
     RETURN NULL;
-END
-$$;
-
--- Adds a table to the registry. Callable by anyone, but it only accepts a table that
--- already carries koe5's queue trigger: creating that trigger took the table's owner.
-CREATE FUNCTION koe5__register(tbl regclass, source text, target text, kind text, key_columns text[])
-    RETURNS void
-    LANGUAGE plpgsql
-    SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM FROM pg_trigger
-        WHERE tgrelid = tbl AND tgname = 'koe5_enqueue'
-          AND tgfoid = '@extschema@.koe5__enqueue_trigger()'::regprocedure;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'relation "%" has no koe5_enqueue trigger', tbl::text
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    INSERT INTO @extschema@.koe5_queued_tables (relid, source, target, kind, key_columns)
-        VALUES (tbl, source, target, kind, key_columns)
-        ON CONFLICT (relid) DO UPDATE
-        SET source = excluded.source, target = excluded.target, kind = excluded.kind,
-            key_columns = excluded.key_columns;
-END
-$$;
-
-CREATE FUNCTION koe5__unregister(tbl regclass) RETURNS void
-    LANGUAGE plpgsql
-    SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM FROM pg_trigger
-        WHERE tgrelid = tbl AND tgname = 'koe5_enqueue'
-          AND tgfoid = '@extschema@.koe5__enqueue_trigger()'::regprocedure;
-    IF FOUND THEN
-        RAISE EXCEPTION 'relation "%" still has its koe5_enqueue trigger', tbl::text
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    DELETE FROM @extschema@.koe5_queue WHERE relid = tbl;
-    DELETE FROM @extschema@.koe5_queued_tables WHERE relid = tbl;
 END
 $$;
 
@@ -414,29 +493,42 @@ CREATE FUNCTION koe5_enqueue_table(tbl regclass, source text, target text, kind 
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    keys text[];
+    key record;
+    relkind "char" := (SELECT c.relkind FROM pg_class c WHERE c.oid = tbl);
 BEGIN
     PERFORM @extschema@.koe5__check_kind(kind);
     PERFORM @extschema@.koe5__check_columns(tbl, source, target);
-    SELECT array_agg(a.attname::text ORDER BY k.ord) INTO keys
-    FROM pg_index i
-    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-    WHERE i.indrelid = tbl AND i.indisprimary;
-    IF keys IS NULL THEN
-        RAISE EXCEPTION 'relation "%" has no primary key', tbl::text
+    IF relkind = 'p' THEN
+        RAISE EXCEPTION 'koe5_enqueue_table() does not support partitioned tables'
+            USING ERRCODE = 'feature_not_supported', HINT = 'Register each partition.';
+    END IF;
+    IF NOT @extschema@.koe5__owns(tbl) THEN
+        RAISE EXCEPTION 'must be owner of table %', @extschema@.koe5__relname(tbl)
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    key := @extschema@.koe5__key_columns(tbl);
+    IF key.names IS NULL THEN
+        RAISE EXCEPTION 'relation "%" has no primary key', @extschema@.koe5__relname(tbl)
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = 'The queue names rows by their primary key.';
     END IF;
-    EXECUTE format('DROP TRIGGER IF EXISTS koe5_enqueue ON %s', tbl);
-    EXECUTE format('CREATE TRIGGER koe5_enqueue AFTER INSERT OR UPDATE OF %I ON %s
-                    FOR EACH ROW EXECUTE FUNCTION %I.koe5__enqueue_trigger()', source, tbl, '@extschema@');
-    PERFORM @extschema@.koe5__register(tbl, source, target, kind, keys);
-    -- Rows already in the table that lack an embedding join the queue too.
-    EXECUTE format('INSERT INTO %I.koe5_queue (relid, row_key)
-                    SELECT $1, (SELECT jsonb_object_agg(k, to_jsonb(t) -> k) FROM unnest($2) AS k)
-                    FROM %s AS t WHERE t.%I IS NULL AND t.%I IS NOT NULL',
-                   '@extschema@', tbl, target, source) USING tbl, keys;
+    INSERT INTO @extschema@.koe5_queued_tables (relid, source_attnum, target_attnum, kind)
+        SELECT tbl, s.attnum, t.attnum, kind FROM pg_attribute s, pg_attribute t
+        WHERE s.attrelid = tbl AND s.attname = source AND t.attrelid = tbl AND t.attname = target
+        ON CONFLICT (relid) DO UPDATE
+        SET source_attnum = excluded.source_attnum, target_attnum = excluded.target_attnum, kind = excluded.kind;
+    -- Plain AFTER UPDATE, not UPDATE OF: a BEFORE trigger may change the text too.
+    EXECUTE format('CREATE OR REPLACE TRIGGER koe5_enqueue AFTER INSERT OR UPDATE ON %s
+                    FOR EACH ROW EXECUTE FUNCTION %s.koe5__enqueue_trigger()', tbl, '@extschema@');
+    -- Rows already in the table that lack an embedding join the queue too (once).
+    EXECUTE format('INSERT INTO %1$s.koe5_queue (relid, row_key)
+                    SELECT $1, k.row_key FROM %2$s AS t, LATERAL (SELECT ARRAY[%3$s]::text[] AS row_key) AS k
+                    WHERE t.%4$I IS NULL AND t.%5$I IS NOT NULL
+                      AND NOT EXISTS (SELECT FROM %1$s.koe5_queue q
+                                      WHERE q.relid = $1 AND q.row_key = k.row_key AND q.failed_at IS NULL)',
+                   '@extschema@', tbl, (SELECT string_agg(format('t.%I::text', c), ', ') FROM unnest(key.names) AS c),
+                   target, source)
+        USING tbl;
 END
 $$;
 COMMENT ON FUNCTION koe5_enqueue_table(regclass, text, text, text) IS
@@ -447,177 +539,124 @@ CREATE FUNCTION koe5_dequeue_table(tbl regclass) RETURNS void
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF NOT @extschema@.koe5__owns(tbl) THEN
+        RAISE EXCEPTION 'must be owner of table %', @extschema@.koe5__relname(tbl)
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     EXECUTE format('DROP TRIGGER IF EXISTS koe5_enqueue ON %s', tbl);
-    PERFORM @extschema@.koe5__unregister(tbl);
+    DELETE FROM @extschema@.koe5_queue WHERE relid = tbl;
+    DELETE FROM @extschema@.koe5_queued_tables WHERE relid = tbl;
 END
 $$;
 COMMENT ON FUNCTION koe5_dequeue_table(regclass) IS
     'Stops background embedding for a table: drops its queue trigger and its queue';
 
--- Whether the session may process the queue of `tbl`: its login role (the worker's is
--- a superuser) must be able to act as the table's owner.
-CREATE FUNCTION koe5__may_process(tbl regclass) RETURNS boolean
-    STABLE LANGUAGE sql
-    SET search_path = pg_catalog, pg_temp
-    RETURN (SELECT pg_has_role(session_user, c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = tbl);
-
--- Locks and returns the next due rows of a table's queue.
-CREATE FUNCTION koe5__queue_take(tbl regclass, max_rows integer,
-                                 OUT source text, OUT target text, OUT kind text, OUT key_columns text[],
-                                 OUT ids bigint[], OUT keys jsonb[])
-    LANGUAGE plpgsql
-    SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF NOT coalesce(@extschema@.koe5__may_process(tbl), false) THEN
-        RAISE EXCEPTION 'permission denied to process the koe5 queue of "%"', tbl::text
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    SELECT r.source, r.target, r.kind, r.key_columns INTO source, target, kind, key_columns
-        FROM @extschema@.koe5_queued_tables r WHERE r.relid = tbl;
-    SELECT array_agg(q.id ORDER BY q.id), array_agg(q.row_key ORDER BY q.id) INTO ids, keys
-    FROM (SELECT id, row_key FROM @extschema@.koe5_queue
-          WHERE relid = tbl AND failed_at IS NULL AND next_attempt_at <= clock_timestamp()
-          ORDER BY id LIMIT max_rows FOR UPDATE SKIP LOCKED) AS q;
-END
-$$;
-
--- Settles a batch: drops finished entries, counts failures (with back-off), and sets
--- aside entries that failed too often.
-CREATE FUNCTION koe5__queue_finish(tbl regclass, done_ids bigint[], failed_ids bigint[], errors text[])
-    RETURNS void
-    LANGUAGE plpgsql
-    SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF NOT coalesce(@extschema@.koe5__may_process(tbl), false) THEN
-        RAISE EXCEPTION 'permission denied to process the koe5 queue of "%"', tbl::text
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    DELETE FROM @extschema@.koe5_queue WHERE relid = tbl AND id = ANY (done_ids);
-    UPDATE @extschema@.koe5_queue AS q
-        SET attempts = q.attempts + 1,
-            last_error = f.error,
-            next_attempt_at = clock_timestamp() + interval '1 second' * power(2, q.attempts),
-            failed_at = CASE WHEN q.attempts + 1 >= @extschema@.koe5__queue_max_attempts() THEN clock_timestamp() END
-        FROM unnest(failed_ids, errors) AS f(id, error)
-        WHERE q.relid = tbl AND q.id = f.id;
-    UPDATE @extschema@.koe5_queued_tables
-        SET rows_done = rows_done + coalesce(cardinality(done_ids), 0), last_done_at = clock_timestamp()
-        WHERE relid = tbl AND cardinality(done_ids) > 0;
-END
-$$;
-
--- Embeds the next batch of one table's queue. The worker calls it as the table's
--- owner; users may call it (or koe5_process_queue()) themselves.
+-- Embeds the next batch of one table's queue, as the calling user (the worker calls it
+-- as the table's owner).
 CREATE FUNCTION koe5_process_queue_table(tbl regclass, max_rows integer DEFAULT 64) RETURNS integer
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
     SET extra_float_digits = 3
 AS $$
 DECLARE
-    b record;
+    reg record;
+    key record;
+    source text;
+    target text;
     fn text;
     match text;
+    ids bigint[];
+    found_ids bigint[];
     texts text[];
-    found_keys jsonb[];
-    done_ids bigint[] := '{}';
     failed_ids bigint[] := '{}';
     errors text[] := '{}';
     err text;
     i integer;
 BEGIN
-    SELECT * INTO b FROM @extschema@.koe5__queue_take(tbl, max_rows);
-    IF b.ids IS NULL THEN
+    IF max_rows IS NULL OR max_rows < 1 THEN
+        RAISE EXCEPTION 'max_rows must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT @extschema@.koe5__owns(tbl) THEN
+        RAISE EXCEPTION 'permission denied to process the koe5 queue of table %', @extschema@.koe5__relname(tbl)
+            USING ERRCODE = 'insufficient_privilege', DETAIL = 'Only the table''s owner may.';
+    END IF;
+    SELECT * INTO reg FROM @extschema@.koe5_queued_tables r WHERE r.relid = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation "%" is not registered with koe5_enqueue_table()', @extschema@.koe5__relname(tbl)
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    SELECT array_agg(q.id ORDER BY q.id) INTO ids
+    FROM (SELECT id FROM @extschema@.koe5_queue
+          WHERE relid = tbl AND failed_at IS NULL AND next_attempt_at <= clock_timestamp()
+          ORDER BY id LIMIT max_rows FOR UPDATE SKIP LOCKED) AS q;
+    IF ids IS NULL THEN
         RETURN 0;
     END IF;
     -- Load the model first: if it is missing or broken, fail the whole call without
     -- counting an attempt against any row.
     PERFORM @extschema@.koe5_token_count('');
-    fn := format('%I.%I', '@extschema@', 'koe5_' || b.kind);
-    SELECT format('(%s) = (%s)', string_agg(format('t.%I', c), ', '), string_agg(format('r.%I', c), ', '))
-        INTO match FROM unnest(b.key_columns) AS c;
+    source := @extschema@.koe5__column_name(tbl, reg.source_attnum);
+    target := @extschema@.koe5__column_name(tbl, reg.target_attnum);
+    PERFORM @extschema@.koe5__check_columns(tbl, source, target);
+    fn := format('%s.%I', '@extschema@', 'koe5_' || reg.kind);
+    key := @extschema@.koe5__key_columns(tbl);
+    IF key.names IS NULL THEN
+        RAISE EXCEPTION 'relation "%" has no primary key', @extschema@.koe5__relname(tbl)
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    SELECT string_agg(format('t.%I = (q.row_key[%s])::%s', c.name, c.ord, c.type), ' AND ') INTO match
+        FROM unnest(key.names, key.types) WITH ORDINALITY AS c(name, type, ord);
     -- The rows' current texts, in queue order (rows deleted since are simply done).
     EXECUTE format(
-        'SELECT array_agg(q.k ORDER BY q.ord), array_agg(t.%I::text ORDER BY q.ord)
-         FROM unnest($1) WITH ORDINALITY AS q(k, ord)
-         CROSS JOIN LATERAL jsonb_populate_record(NULL::%s, q.k) AS r
-         JOIN %s AS t ON %s', b.source, tbl, tbl, match)
-        INTO found_keys, texts USING b.keys;
-    IF found_keys IS NOT NULL THEN
+        'SELECT array_agg(q.id ORDER BY q.id), array_agg(t.%I::text ORDER BY q.id)
+         FROM %s.koe5_queue AS q JOIN %s AS t ON %s WHERE q.id = ANY ($1)', source, '@extschema@', tbl, match)
+        INTO found_ids, texts USING ids;
+    IF found_ids IS NOT NULL THEN
         BEGIN
             -- One padded batch; a row whose text changed meanwhile is left to its newer entry.
             EXECUTE format(
                 'UPDATE %1$s AS t SET %2$I = z.embedding
-                 FROM ROWS FROM (unnest($1), unnest($2), %3$s($2)) AS z(k, body, embedding)
-                 CROSS JOIN LATERAL jsonb_populate_record(NULL::%1$s, z.k) AS r
-                 WHERE %4$s AND t.%5$I::text IS NOT DISTINCT FROM z.body', tbl, b.target, fn, match, b.source)
-                USING found_keys, texts;
+                 FROM ROWS FROM (unnest($1::bigint[]), unnest($2::text[]), %3$s($2::text[])) AS z(id, body, embedding)
+                 JOIN %4$s.koe5_queue AS q ON q.id = z.id
+                 WHERE %5$s AND t.%6$I::text IS NOT DISTINCT FROM z.body', tbl, target, fn, '@extschema@', match, source)
+                USING found_ids, texts;
         EXCEPTION WHEN OTHERS THEN
             -- Row by row: the rows that work are stored, the others count a failure.
-            FOR i IN 1 .. cardinality(found_keys) LOOP
+            FOR i IN 1 .. cardinality(found_ids) LOOP
                 BEGIN
                     EXECUTE format(
-                        'UPDATE %1$s AS t SET %2$I = CASE WHEN $2 IS NULL THEN NULL ELSE %3$s($2) END
-                         FROM jsonb_populate_record(NULL::%1$s, $1) AS r
-                         WHERE %4$s AND t.%5$I::text IS NOT DISTINCT FROM $2', tbl, b.target, fn, match, b.source)
-                        USING found_keys[i], texts[i];
+                        'UPDATE %1$s AS t SET %2$I = CASE WHEN $2::text IS NULL THEN NULL ELSE %3$s($2::text) END
+                         FROM %4$s.koe5_queue AS q
+                         WHERE q.id = $1 AND %5$s AND t.%6$I::text IS NOT DISTINCT FROM $2::text',
+                        tbl, target, fn, '@extschema@', match, source)
+                        USING found_ids[i], texts[i];
                 EXCEPTION WHEN OTHERS THEN
                     GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
-                    SELECT failed_ids || array_agg(q.id), errors || array_agg(err)
-                        INTO failed_ids, errors
-                        FROM unnest(b.ids, b.keys) AS q(id, k) WHERE q.k = found_keys[i];
+                    failed_ids := failed_ids || found_ids[i];
+                    errors := errors || err;
                 END;
             END LOOP;
         END;
     END IF;
-    SELECT coalesce(array_agg(id), '{}') INTO done_ids FROM unnest(b.ids) AS id WHERE id <> ALL (failed_ids);
-    PERFORM @extschema@.koe5__queue_finish(tbl, done_ids, failed_ids, errors);
-    RETURN cardinality(b.ids);
+    DELETE FROM @extschema@.koe5_queue WHERE id = ANY (ids) AND id <> ALL (failed_ids);
+    UPDATE @extschema@.koe5_queue AS q
+        SET attempts = q.attempts + 1,
+            last_error = f.error,
+            next_attempt_at = clock_timestamp() + interval '1 second' * power(2, q.attempts),
+            failed_at = CASE WHEN q.attempts + 1 >= @extschema@.koe5__queue_max_attempts() THEN clock_timestamp() END
+        FROM unnest(failed_ids, errors) AS f(id, error)
+        WHERE q.id = f.id;
+    UPDATE @extschema@.koe5_queued_tables
+        SET rows_done = rows_done + cardinality(ids) - cardinality(failed_ids), last_done_at = clock_timestamp()
+        WHERE relid = tbl;
+    RETURN cardinality(ids);
 END
 $$;
 COMMENT ON FUNCTION koe5_process_queue_table(regclass, integer) IS
-    'Embeds up to max_rows queued rows of one table; returns how many queue entries it settled';
-
-CREATE FUNCTION koe5_process_queue(max_rows integer DEFAULT 64) RETURNS integer
-    LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    t oid;
-    n integer := 0;
-BEGIN
-    FOR t IN SELECT relid FROM @extschema@.koe5_queue_status
-             WHERE pending > 0 AND @extschema@.koe5__may_process(relid::regclass) LOOP
-        n := n + @extschema@.koe5_process_queue_table(t::regclass, max_rows);
-    END LOOP;
-    RETURN n;
-END
-$$;
-
-COMMENT ON FUNCTION koe5_process_queue(integer) IS
-    'Embeds up to max_rows queued rows of every table the caller may process; for use without the background worker';
-
--- For the worker: one batch of one table, with errors logged instead of raised.
-CREATE FUNCTION koe5__worker_step(tbl regclass, max_rows integer) RETURNS integer
-    LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    err text;
-BEGIN
-    RETURN @extschema@.koe5_process_queue_table(tbl, max_rows);
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
-    RAISE WARNING 'koe5 worker: could not embed the queue of "%": %', tbl::text, err;
-    RETURN -1;
-END
-$$;
+    'Embeds up to max_rows queued rows of one table (its owner only); returns how many queue entries it settled';
 
 CREATE VIEW koe5_queue_status AS
-SELECT r.relid::regclass AS table_name, r.relid, r.source, r.target, r.kind,
+SELECT r.relid AS table_name, r.kind,
        (SELECT count(*) FROM @extschema@.koe5_queue q WHERE q.relid = r.relid AND q.failed_at IS NULL) AS pending,
        r.rows_done AS done,
        (SELECT count(*) FROM @extschema@.koe5_queue q WHERE q.relid = r.relid AND q.failed_at IS NOT NULL) AS failed,
@@ -625,28 +664,50 @@ SELECT r.relid::regclass AS table_name, r.relid, r.source, r.target, r.kind,
         ORDER BY q.id DESC LIMIT 1) AS last_error,
        r.last_done_at
 FROM @extschema@.koe5_queued_tables r
-WHERE pg_catalog.has_table_privilege(r.relid, 'SELECT');
+WHERE coalesce(pg_catalog.has_table_privilege(r.relid, 'SELECT'), false);
 GRANT SELECT ON koe5_queue_status TO PUBLIC;
 COMMENT ON VIEW koe5_queue_status IS
-    'Background embedding per registered table: rows pending, done and failed, with the latest error';
+    'Background embedding per registered table: rows pending, done and failed, with the latest error, for the tables the user may read';
 
 CREATE VIEW koe5_queue_failures AS
-SELECT q.relid::regclass AS table_name, q.row_key, q.attempts, q.last_error, q.queued_at, q.failed_at
+SELECT q.relid AS table_name, q.row_key, q.attempts, q.last_error, q.queued_at, q.failed_at
 FROM @extschema@.koe5_queue q
-WHERE q.failed_at IS NOT NULL AND pg_catalog.has_table_privilege(q.relid, 'SELECT');
+WHERE q.failed_at IS NOT NULL AND coalesce(pg_catalog.has_table_privilege(q.relid, 'SELECT'), false);
 GRANT SELECT ON koe5_queue_failures TO PUBLIC;
 COMMENT ON VIEW koe5_queue_failures IS 'Queued rows set aside after failing koe5__queue_max_attempts() times';
 
+CREATE FUNCTION koe5_process_queue(max_rows integer DEFAULT 64) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t regclass;
+    n integer := 0;
+    err text;
+BEGIN
+    FOR t IN SELECT r.relid FROM @extschema@.koe5_queued_tables r WHERE @extschema@.koe5__owns(r.relid) ORDER BY 1 LOOP
+        BEGIN
+            n := n + @extschema@.koe5_process_queue_table(t, max_rows);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
+            RAISE WARNING 'koe5: could not embed the queue of "%": %', @extschema@.koe5__relname(t), err;
+        END;
+    END LOOP;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION koe5_process_queue(integer) IS
+    'Embeds up to max_rows queued rows of every table the caller owns; for use without the background worker';
+
 CREATE FUNCTION koe5_queue_retry(tbl regclass) RETURNS bigint
     LANGUAGE plpgsql
-    SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     n bigint;
 BEGIN
-    IF NOT coalesce(@extschema@.koe5__may_process(tbl), false) THEN
-        RAISE EXCEPTION 'permission denied to retry the koe5 queue of "%"', tbl::text
+    IF NOT @extschema@.koe5__owns(tbl) THEN
+        RAISE EXCEPTION 'must be owner of table %', @extschema@.koe5__relname(tbl)
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     UPDATE @extschema@.koe5_queue
@@ -658,3 +719,22 @@ END
 $$;
 COMMENT ON FUNCTION koe5_queue_retry(regclass) IS 'Puts a table''s failed queue rows back in line; returns how many';
 
+-- A dropped table leaves nothing behind in the queue. The function deletes by the
+-- dropped objects' OIDs and runs no user code, so it may run as the extension's owner.
+CREATE FUNCTION koe5__forget_dropped_tables() RETURNS event_trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    gone oid[] := (SELECT array_agg(d.objid) FROM pg_event_trigger_dropped_objects() AS d
+                   WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0);
+BEGIN
+    IF gone IS NOT NULL AND to_regclass('@extschema@.koe5_queue') IS NOT NULL THEN
+        DELETE FROM @extschema@.koe5_queue WHERE relid::oid = ANY (gone);
+        DELETE FROM @extschema@.koe5_queued_tables WHERE relid::oid = ANY (gone);
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION koe5__forget_dropped_tables() FROM PUBLIC;
+CREATE EVENT TRIGGER koe5_forget_dropped_tables ON sql_drop EXECUTE FUNCTION koe5__forget_dropped_tables();

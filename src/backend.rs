@@ -6,7 +6,7 @@
 //! points elsewhere.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Once;
@@ -20,40 +20,56 @@ pub struct Loaded {
     pub dir: PathBuf,
     pub embedder: Embedder,
     pub loaded_at: SystemTime,
-    /// Recent query embeddings of this model, most recent first.
-    queries: RefCell<VecDeque<(String, Vec<f32>)>>,
+    /// Recent query embeddings of this model.
+    queries: RefCell<QueryCache>,
 }
 
 /// Longer query texts are not remembered: a cache is for short, repeated queries.
-const CACHED_QUERY_MAX_BYTES: usize = 8 * 1024;
+const CACHED_QUERY_MAX_BYTES: usize = 4 * 1024;
+
+/// Query text → embedding, least recently used first out. Lookups hash; only an
+/// insertion into a full cache scans for the oldest entry.
+#[derive(Default)]
+struct QueryCache {
+    entries: HashMap<String, (Vec<f32>, u64)>,
+    clock: u64,
+}
 
 impl Loaded {
     /// The remembered embedding of query `text`, if any.
     pub fn cached_query(&self, text: &str) -> Option<Vec<f32>> {
-        let mut queries = self.queries.borrow_mut();
+        let mut cache = self.queries.borrow_mut();
         if gucs::QUERY_CACHE_SIZE.get() <= 0 {
-            queries.clear();
+            cache.entries.clear();
             return None;
         }
-        let i = queries.iter().position(|(t, _)| t == text)?;
-        let hit = queries.remove(i)?;
-        let v = hit.1.clone();
-        queries.push_front(hit);
+        cache.clock += 1;
+        let now = cache.clock;
+        let (v, used) = cache.entries.get_mut(text)?;
+        *used = now;
+        let v = v.clone();
         STATS.with(|s| s.borrow_mut().query_cache_hits += 1);
         Some(v)
     }
 
     pub fn remember_query(&self, text: &str, v: &[f32]) {
         let capacity = usize::try_from(gucs::QUERY_CACHE_SIZE.get()).unwrap_or(0);
-        let mut queries = self.queries.borrow_mut();
-        if text.len() <= CACHED_QUERY_MAX_BYTES && capacity > 0 {
-            queries.push_front((text.to_owned(), v.to_vec()));
+        let mut cache = self.queries.borrow_mut();
+        while cache.entries.len() >= capacity.max(1) {
+            let Some(oldest) = cache.entries.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone()) else {
+                break;
+            };
+            cache.entries.remove(&oldest);
         }
-        queries.truncate(capacity);
+        if text.len() <= CACHED_QUERY_MAX_BYTES && capacity > 0 {
+            cache.clock += 1;
+            let now = cache.clock;
+            cache.entries.insert(text.to_owned(), (v.to_vec(), now));
+        }
     }
 
     pub fn cached_queries(&self) -> usize {
-        self.queries.borrow().len()
+        self.queries.borrow().entries.len()
     }
 }
 

@@ -38,10 +38,10 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"koe5.query_cache_size",
         c"Sets how many query embeddings each backend remembers.",
-        c"koe5_query(text) returns a remembered vector for a text it has embedded recently with the same model, so a query repeated per row is embedded once. 0 turns the cache off.",
+        c"koe5_query(text) returns a remembered vector for a text (up to 4 KiB) it has embedded recently with the same model, so a query repeated per row is embedded once. 0 turns the cache off.",
         &QUERY_CACHE_SIZE,
         0,
-        100_000,
+        10_000,
         GucContext::Userset,
         GucFlags::default(),
     );

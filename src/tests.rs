@@ -1301,6 +1301,21 @@ mod client_tests {
             .get(0);
         eprintln!("backfill rerun: {} rows at {rate:?} rows/s", 1485 - done);
 
+        // A partitioned table is embedded partition by partition (row addresses repeat
+        // across partitions).
+        db.batch_execute(
+            "CREATE TABLE parted (id int, body text, emb real[]) PARTITION BY RANGE (id);
+             CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (100);
+             CREATE TABLE parted_2 PARTITION OF parted FOR VALUES FROM (100) TO (200);
+             INSERT INTO parted VALUES (1, '가'), (2, '나다'), (101, '라마바사'), (102, '아자차');",
+        )
+        .unwrap();
+        // (on its own: several statements in one query string form one transaction)
+        db.batch_execute("CALL koe5_backfill('parted', 'body', 'emb', batch_size => 1)").unwrap();
+        let worst: f32 =
+            db.query_one("SELECT min(koe5_similarity(emb, koe5_passage(body))) FROM parted", &[]).unwrap().get(0);
+        assert!(worst >= 0.99999, "a partition's row got another row's embedding: cosine {worst}");
+
         // A run with nothing left to do finishes at once; bad arguments are clear errors.
         db.batch_execute("CALL koe5_backfill('docs', 'body', 'emb')").unwrap();
         let mut err = |sql: &str| sqlstate_of(db.batch_execute(sql));
@@ -1400,7 +1415,7 @@ mod client_tests {
         // The failing row is reported with its error, not lost.
         let r = db.query_one("SELECT row_key::text, attempts, last_error FROM koe5_queue_failures", &[]).unwrap();
         let (key, attempts, error): (String, i32, String) = (r.get(0), r.get(1), r.get(2));
-        assert_eq!((key.as_str(), attempts), ("{\"id\": 300}", 3));
+        assert_eq!((key.as_str(), attempts), ("{300}", 3));
         assert!(error.contains("violates check constraint"), "{error}");
         // An update of the text is embedded again; an unrelated write is not queued.
         db.batch_execute("UPDATE docs SET body = '대한민국은 민주공화국이다.' WHERE id = 1").unwrap();
@@ -1413,6 +1428,74 @@ mod client_tests {
         );
         db.batch_execute("SELECT koe5_dequeue_table('docs')").unwrap();
         let left: i64 = db.query_one("SELECT count(*) FROM koe5_queue_status", &[]).unwrap().get(0);
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn the_queue_follows_table_ownership_and_survives_renames_and_drops() {
+        let mut db = fresh_database("koe5_queue_roles", "UTF8");
+        db.batch_execute(
+            "DO $$ BEGIN CREATE ROLE koe5_alice; EXCEPTION WHEN duplicate_object THEN END $$;
+             DO $$ BEGIN CREATE ROLE koe5_bob; EXCEPTION WHEN duplicate_object THEN END $$;
+             DO $$ BEGIN CREATE ROLE koe5_writer; EXCEPTION WHEN duplicate_object THEN END $$;
+             GRANT ALL ON SCHEMA public TO koe5_alice, koe5_bob;
+             SET ROLE koe5_alice;
+             CREATE TABLE notes (a int, b text, body text, emb real[], PRIMARY KEY (a, b));
+             INSERT INTO notes VALUES (0, 'before', '등록 전에 있던 글', NULL);
+             SELECT koe5_enqueue_table('notes', 'body', 'emb');
+             GRANT INSERT ON notes TO koe5_writer;
+             RESET ROLE;",
+        )
+        .unwrap();
+        // A writer with nothing but INSERT on the table queues its rows.
+        db.batch_execute(
+            "SET ROLE koe5_writer;
+             INSERT INTO notes SELECT g, 'k' || g, '제' || g || '조 국민의 권리' FROM generate_series(1, 20) g;
+             RESET ROLE;",
+        )
+        .unwrap();
+        // Another user can neither process, register, nor see the queue.
+        db.batch_execute("SET ROLE koe5_bob").unwrap();
+        let mut as_bob = |sql: &str| sqlstate_of(db.batch_execute(sql));
+        assert_eq!(
+            as_bob("SELECT koe5_process_queue_table('notes')"),
+            "42501: permission denied to process the koe5 queue of table notes"
+        );
+        assert_eq!(as_bob("SELECT koe5_enqueue_table('notes', 'body', 'emb')"), "42501: must be owner of table notes");
+        assert!(as_bob("INSERT INTO koe5_queued_tables VALUES ('notes', 1, 2, 'passage')").starts_with("42501: "));
+        assert_eq!(as_bob("SELECT koe5_queue_retry('notes')"), "42501: must be owner of table notes");
+        let seen: i64 = db.query_one("SELECT count(*) FROM koe5_queue", &[]).unwrap().get(0);
+        assert_eq!(seen, 0);
+        db.batch_execute("RESET ROLE; SET ROLE koe5_alice").unwrap();
+        let pending: i64 = db.query_one("SELECT pending FROM koe5_queue_status", &[]).unwrap().get(0);
+        assert_eq!(pending, 21);
+        let settled: i32 = db.query_one("SELECT koe5_process_queue()", &[]).unwrap().get(0);
+        assert_eq!(settled, 21);
+        let worst: f32 = db
+            .query_one("SELECT min(koe5_similarity(emb, koe5_passage(body))) FROM notes WHERE emb IS NOT NULL", &[])
+            .unwrap()
+            .get(0);
+        let embedded: i64 = db.query_one("SELECT count(emb) FROM notes", &[]).unwrap().get(0);
+        assert_eq!(embedded, 21);
+        assert!(worst >= 0.99999, "{worst}");
+        // Renamed columns keep working: the registration holds column numbers.
+        db.batch_execute(
+            "ALTER TABLE notes RENAME COLUMN body TO text_ko;
+             UPDATE notes SET text_ko = '국회는 법률을 제정한다.' WHERE a = 1;
+             SELECT koe5_process_queue();",
+        )
+        .unwrap();
+        let same: bool = db
+            .query_one("SELECT emb = koe5_passage('국회는 법률을 제정한다.') FROM notes WHERE a = 1", &[])
+            .unwrap()
+            .get(0);
+        assert!(same);
+        // A dropped table leaves nothing in the queue.
+        db.batch_execute("INSERT INTO notes VALUES (99, 'z', '남는 글'); DROP TABLE notes; RESET ROLE").unwrap();
+        let left: i64 = db
+            .query_one("SELECT (SELECT count(*) FROM koe5_queue) + (SELECT count(*) FROM koe5_queued_tables)", &[])
+            .unwrap()
+            .get(0);
         assert_eq!(left, 0);
     }
 
@@ -1460,7 +1543,7 @@ mod client_tests {
         let n: i64 = old.query_one("SELECT count(*) FROM koe5_chunks('가나다. 라마바.')", &[]).unwrap().get(0);
         assert_eq!(n, 1);
         let (upgraded, installed) = (extension_objects(&mut old), extension_objects(&mut fresh));
-        assert!(installed.len() > 40, "{installed:?}");
+        assert!(installed.len() > 30, "{installed:?}");
         assert_eq!(upgraded, installed, "an upgraded 0.1.0 must equal a fresh 0.2.0");
     }
 }

@@ -1,20 +1,26 @@
 //! The background worker: embeds the rows that koe5_enqueue_table() queues, so that
 //! writers never wait for inference.
 //!
-//! It runs only when koe5 is in shared_preload_libraries, connects to
-//! `koe5.worker_database`, and idles while `koe5.worker_enabled` is off. Each batch of
+//! It runs only when koe5 is in shared_preload_libraries, waits (unconnected) while
+//! `koe5.worker_enabled` is off, then connects to `koe5.worker_database`. Each batch of
 //! one table is one transaction, run as that table's owner in a security-restricted
-//! context: the table's own triggers and constraints never run with the worker's
-//! superuser rights. The batch logic itself is SQL (koe5__worker_step), which logs an
-//! error and moves on instead of failing.
+//! operation with its own settings nest level, as PostgreSQL runs maintenance commands:
+//! the table's triggers and constraints never run with the worker's superuser rights,
+//! cannot SET ROLE back, and settings they change end with the batch. An error in one
+//! table's batch is logged, that table waits a while, and the others go on.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
 use crate::gucs;
+
+/// How long a table whose batch failed is left alone.
+const BACKOFF: Duration = Duration::from_secs(10);
 
 pub fn register() {
     BackgroundWorkerBuilder::new("koe5 embedding worker")
@@ -34,6 +40,21 @@ unsafe extern "C-unwind" {
     fn postgres_die(signal: std::ffi::c_int);
 }
 
+fn nap() -> bool {
+    let ms = u64::try_from(gucs::WORKER_NAPTIME_MS.get()).unwrap_or(1000);
+    BackgroundWorker::wait_latch(Some(Duration::from_millis(ms)))
+}
+
+fn reload_settings() {
+    if BackgroundWorker::sighup_received() {
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
+}
+
+fn report_activity(state: pg_sys::BackendState::Type, what: &std::ffi::CStr) {
+    unsafe { pg_sys::pgstat_report_activity(state, what.as_ptr()) };
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn koe5_worker_main(_arg: pg_sys::Datum) {
@@ -47,43 +68,64 @@ pub extern "C-unwind" fn koe5_worker_main(_arg: pg_sys::Datum) {
         #[cfg(not(feature = "pg18"))]
         pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
     }
+    // Stay off the database until the worker is turned on.
+    while !gucs::WORKER_ENABLED.get() {
+        pgrx::check_for_interrupts!();
+        if !nap() {
+            return; // the postmaster died
+        }
+        reload_settings();
+    }
     let database = gucs::worker_database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     log!("koe5 worker started on database \"{database}\"");
+    let mut resting: HashMap<u32, Instant> = HashMap::new();
     loop {
         pgrx::check_for_interrupts!();
-        if BackgroundWorker::sighup_received() {
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            if gucs::worker_database() != database {
-                // Reconnecting takes a new process: exit and let the postmaster restart us.
-                log!("koe5 worker restarting for database \"{}\"", gucs::worker_database());
-                unsafe { pg_sys::proc_exit(1) };
-            }
+        reload_settings();
+        if gucs::worker_database() != database {
+            // Reconnecting takes a new process: exit and let the postmaster restart us.
+            log!("koe5 worker restarting for database \"{}\"", gucs::worker_database());
+            unsafe { pg_sys::proc_exit(1) };
         }
-        let busy = gucs::WORKER_ENABLED.get() && embed_due_batches();
+        let busy = gucs::WORKER_ENABLED.get() && embed_due_batches(&mut resting);
+        // Between busy rounds, a zero wait still notices a dead postmaster.
+        if busy && !BackgroundWorker::wait_latch(Some(Duration::ZERO)) {
+            return;
+        }
         if !busy {
-            let nap = Duration::from_millis(u64::try_from(gucs::WORKER_NAPTIME_MS.get()).unwrap_or(1000));
-            if !BackgroundWorker::wait_latch(Some(nap)) {
-                return; // the postmaster died
+            report_activity(pg_sys::BackendState::STATE_IDLE, c"");
+            if !nap() {
+                return;
             }
         }
     }
 }
 
 /// One batch for every table with due queue entries; true if any work was done.
-fn embed_due_batches() -> bool {
-    let Some((schema, tables)) = BackgroundWorker::transaction(due_tables) else { return false };
+fn embed_due_batches(resting: &mut HashMap<u32, Instant>) -> bool {
+    let Some(Some((schema, tables))) = in_transaction(due_tables) else { return false };
     let batch = gucs::WORKER_BATCH_SIZE.get();
-    let step = format!("SELECT {schema}.koe5__worker_step($1::pg_catalog.regclass, $2)");
+    let step = format!("SELECT {schema}.koe5_process_queue_table($1::pg_catalog.regclass, $2)");
+    resting.retain(|_, until| *until > Instant::now());
     let mut busy = false;
     for (relid, owner) in tables {
+        if resting.contains_key(&relid.to_u32()) {
+            continue;
+        }
         pgrx::check_for_interrupts!();
-        let settled = BackgroundWorker::transaction(|| {
+        report_activity(pg_sys::BackendState::STATE_RUNNING, c"embedding queued rows");
+        let settled = in_transaction(|| {
             as_owner(owner, || {
                 Spi::get_one_with_args::<i32>(&step, &[DatumWithOid::from(relid), DatumWithOid::from(batch)])
             })
         });
-        busy |= matches!(settled, Ok(Some(n)) if n > 0);
+        match settled {
+            Some(Ok(Some(n))) => busy |= n > 0,
+            _ => {
+                resting.insert(relid.to_u32(), Instant::now() + BACKOFF);
+            }
+        }
     }
     busy
 }
@@ -105,11 +147,12 @@ fn due_tables() -> Option<(String, Vec<(pg_sys::Oid, pg_sys::Oid)>)> {
     let tables = Spi::connect(|c| {
         c.select(
             &format!(
-                "SELECT r.relid, c.relowner FROM {schema}.koe5_queued_tables r
+                "SELECT r.relid::pg_catalog.oid, c.relowner FROM {schema}.koe5_queued_tables r
                  JOIN pg_catalog.pg_class c ON c.oid = r.relid
                  WHERE EXISTS (SELECT FROM {schema}.koe5_queue q
                                WHERE q.relid = r.relid AND q.failed_at IS NULL
-                                 AND q.next_attempt_at <= pg_catalog.clock_timestamp())"
+                                 AND q.next_attempt_at <= pg_catalog.clock_timestamp())
+                 ORDER BY 1"
             ),
             None,
             &[],
@@ -122,18 +165,56 @@ fn due_tables() -> Option<(String, Vec<(pg_sys::Oid, pg_sys::Oid)>)> {
     Some((schema, tables))
 }
 
-/// Runs `f` as `owner` in a security-restricted operation (as PostgreSQL runs
-/// maintenance commands): code it reaches cannot SET ROLE back to the worker's user.
+/// Runs `f` in a transaction of its own. An ERROR inside is logged as a WARNING and
+/// rolls the transaction back (None); the worker goes on.
+fn in_transaction<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe + std::panic::RefUnwindSafe) -> Option<T> {
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let out = PgTryBuilder::new(|| Some(f()))
+        .catch_others(|e| {
+            let message = match &e {
+                CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_owned(),
+                CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
+            };
+            warning!("koe5 worker: {message}");
+            None
+        })
+        .execute();
+    unsafe {
+        match out {
+            Some(_) => {
+                pg_sys::PopActiveSnapshot();
+                pg_sys::CommitTransactionCommand();
+            }
+            None => pg_sys::AbortCurrentTransaction(),
+        }
+    }
+    out
+}
+
+/// Runs `f` as `owner` in a security-restricted operation with a settings nest level
+/// of its own (and, from PostgreSQL 17, a safe search_path), as PostgreSQL runs
+/// maintenance commands on a user's table.
 fn as_owner<T>(owner: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     let (mut user, mut context) = (pg_sys::InvalidOid, 0);
-    unsafe {
+    let nest = unsafe {
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
         pg_sys::SetUserIdAndSecContext(
             owner,
             context | pg_sys::SECURITY_RESTRICTED_OPERATION as i32 | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
         );
-    }
+        let nest = pg_sys::NewGUCNestLevel();
+        #[cfg(any(feature = "pg17", feature = "pg18"))]
+        pg_sys::RestrictSearchPath();
+        nest
+    };
     let out = f();
-    unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
+    unsafe {
+        pg_sys::AtEOXact_GUC(false, nest);
+        pg_sys::SetUserIdAndSecContext(user, context);
+    }
     out
 }
