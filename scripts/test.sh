@@ -33,11 +33,17 @@ cp -R --no-preserve=ownership tests/fixtures "$KOE5_HOME/fixtures"
 chmod -R a+rX "$KOE5_HOME/fixtures"
 export KOE5_TEST_FIXTURES="$KOE5_HOME/fixtures"
 
+# Tests that measure something append their figures to $KOE5_HOME/figures-PART.txt
+# (cargo hides a passing test's output); they are printed at the end.
+rm -f "$KOE5_HOME"/figures-*.txt
+
 for part in "${parts[@]}"; do
     case "$part" in
         core)
             echo "==> koe5-core: unit and parity tests (no PostgreSQL)"
-            nice cargo test -p koe5-core
+            nice cargo test -p koe5-core -- --skip arbitrary_text
+            nice cargo test -p koe5-core --test fuzz -- --nocapture 2>&1 | tee "$KOE5_HOME/fuzz.log"
+            grep '^fuzz' "$KOE5_HOME/fuzz.log" > "$KOE5_HOME/figures-core.txt"
             ;;
         pg18|pg15)
             echo "==> koe5 extension tests on PostgreSQL ${part#pg}"
@@ -45,7 +51,8 @@ for part in "${parts[@]}"; do
             scripts/install-companion.sh "$pg_config"
             # koe5 0.1.0's install script, so the tests can upgrade from it.
             install -m 644 tests/upgrade/koe5--0.1.0.sql "$("$pg_config" --sharedir)/extension/"
-            nice cargo pgrx test "$part" --runas postgres --pgdata "$KOE5_HOME/test-pgdata-${part#pg}"
+            KOE5_FIGURES="$KOE5_HOME/figures-$part.txt" \
+                nice cargo pgrx test "$part" --runas postgres --pgdata "$KOE5_HOME/test-pgdata-${part#pg}"
             ;;
         *)
             echo "unknown part \"$part\" (use core, pg18, pg15)" >&2
@@ -53,3 +60,10 @@ for part in "${parts[@]}"; do
             ;;
     esac
 done
+
+echo
+echo "==> figures measured by the tests"
+for part in "${parts[@]}"; do
+    [ -f "$KOE5_HOME/figures-$part.txt" ] && sed "s/^/$part: /" "$KOE5_HOME/figures-$part.txt"
+done
+true

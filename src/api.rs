@@ -49,7 +49,11 @@ fn koe5_passage(text: &[u8]) -> Vec<f32> {
 fn embed_array(kind: Kind, texts: Array<'_, &[u8]>) -> impl Iterator<Item = Option<Vec<f32>>> + 'static {
     // Copy the texts out (converted to UTF-8) so the iterator owns what it needs
     // across the calls of this set-returning function.
-    let texts: Vec<Option<String>> = texts.iter().map(|t| t.map(|b| to_utf8(b).into_owned())).collect();
+    let owned: Vec<Option<String>> = texts.iter().map(|t| t.map(|b| to_utf8(b).into_owned())).collect();
+    if unsafe { (*texts.into_array_type()).ndim } > 1 {
+        data_error(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "array must be one-dimensional");
+    }
+    let texts = owned;
     let model = backend::model().or_raise();
     let mut next = 0;
     let mut ready: VecDeque<Option<Vec<f32>>> = VecDeque::new();
@@ -230,14 +234,7 @@ fn koe5_model_info() -> JsonB {
 
 #[pg_extern(sql = false)]
 fn koe5_download() -> String {
-    if !unsafe { pg_sys::superuser() } {
-        report(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "permission denied to download a model".into(),
-            Some("Only superusers may call koe5_download().".into()),
-            None,
-        );
-    }
+    // EXECUTE is revoked from PUBLIC: superusers call this, and roles they GRANT it to.
     let id = gucs::model_id();
     koe5_core::hub::check_model_id(&id).or_raise();
     let cache = koe5_core::hub::cache_dir();

@@ -134,7 +134,7 @@ pub fn model() -> Result<Rc<Loaded>> {
     // Free the old weights before reading new ones.
     MODEL.with(|m| m.borrow_mut().take());
     start_threads();
-    let embedder = Embedder::load(&dir)?;
+    let embedder = Embedder::load_with(&dir, &mut check_interrupts)?;
     let loaded = Rc::new(Loaded { dir, embedder, loaded_at: SystemTime::now(), queries: RefCell::default() });
     MODEL.with(|m| *m.borrow_mut() = Some(loaded.clone()));
     Ok(loaded)
@@ -167,7 +167,11 @@ fn block_all_signals() {
 fn start_threads() {
     static START: Once = Once::new();
     START.call_once(|| {
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = match usize::try_from(gucs::THREADS.get()) {
+            Ok(n) if n > 0 => n,
+            _ => cores,
+        };
         let _ = with_signals_blocked(|| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)

@@ -9,6 +9,8 @@ pub static MODEL_PATH: GucSetting<Option<std::ffi::CString>> = GucSetting::<Opti
 pub static MODEL_ID: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(Some(c"nlpai-lab/KoE5"));
 
+/// Compute threads per backend (0: one per CPU core).
+pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// Query embeddings each backend keeps (0 turns the cache off).
 pub static QUERY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64);
 /// Background worker settings (the worker runs only with shared_preload_libraries).
@@ -32,6 +34,16 @@ pub fn init() {
         c"Sets the Hugging Face model id used when koe5.model_path is empty.",
         c"koe5 looks for the id in the Hugging Face cache (HF_HUB_CACHE, HF_HOME or ~/.cache/huggingface of the server's user); koe5_download() fetches it there.",
         &MODEL_ID,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"koe5.threads",
+        c"Sets how many compute threads a backend uses for inference.",
+        c"0 means one per CPU core. Read when a backend first embeds; later changes apply to new sessions.",
+        &THREADS,
+        0,
+        1024,
         GucContext::Suset,
         GucFlags::default(),
     );

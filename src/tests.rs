@@ -13,17 +13,17 @@ pub const FIXTURES: &str = match option_env!("KOE5_TEST_FIXTURES") {
 
 const EXPECTED: &str = include_str!("../tests/fixtures/expected.json");
 
-fn cases() -> Vec<serde_json::Value> {
+pub(crate) fn cases() -> Vec<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(EXPECTED).unwrap();
     v["cases"].as_array().unwrap().clone()
 }
 
-fn floats(v: &serde_json::Value) -> Vec<f32> {
+pub(crate) fn floats(v: &serde_json::Value) -> Vec<f32> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 /// Fails unless `got` is within the issue's tolerance of `want`.
-fn assert_close(name: &str, got: &[f32], want: &[f32]) -> (f32, f32) {
+pub(crate) fn assert_close(name: &str, got: &[f32], want: &[f32]) -> (f32, f32) {
     assert_eq!(got.len(), want.len(), "{name}");
     let cos = koe5_core::cosine(got, want).unwrap();
     let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -938,12 +938,24 @@ mod tests {
 
 /// Tests that need their own connections: other databases, cancel from outside.
 #[cfg(test)]
-mod client_tests {
+pub(crate) mod client_tests {
     use std::time::{Duration, Instant};
 
     use super::FIXTURES;
 
-    fn connect(dbname: Option<&str>) -> postgres::Client {
+    /// Records a measured figure: printed, and appended to $KOE5_FIGURES (which
+    /// scripts/test.sh prints after the run, since cargo test hides passing output).
+    pub(crate) fn figure(text: String) {
+        eprintln!("{text}");
+        if let Ok(path) = std::env::var("KOE5_FIGURES") {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                let _ = writeln!(f, "{text}");
+            }
+        }
+    }
+
+    pub(crate) fn connect(dbname: Option<&str>) -> postgres::Client {
         // Starts the test server (once) the way every #[pg_test] does.
         pgrx_tests::run_test("server_is_up", None, crate::pg_test::postgresql_conf_options()).unwrap();
         let (mut c, _) = pgrx_tests::client().unwrap();
@@ -960,7 +972,7 @@ mod client_tests {
             .unwrap()
     }
 
-    fn fresh_database(name: &str, encoding: &str) -> postgres::Client {
+    pub(crate) fn fresh_database(name: &str, encoding: &str) -> postgres::Client {
         let mut c = connect(None);
         c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
         c.batch_execute(&format!(
@@ -1210,7 +1222,7 @@ mod client_tests {
         let latency = ended.saturating_duration_since(sent);
         assert_eq!(outcome, "57014: canceling statement due to user request");
         assert!(latency < Duration::from_secs(1), "cancel took {latency:?}");
-        eprintln!("cancel latency: {latency:?}");
+        figure(format!("cancel latency: {latency:?}"));
 
         a.batch_execute("SET statement_timeout = '1s'").unwrap();
         let start = Instant::now();
@@ -1218,14 +1230,14 @@ mod client_tests {
         let took = start.elapsed();
         assert_eq!(outcome, "57014: canceling statement due to statement timeout");
         assert!(took < Duration::from_secs(2), "statement_timeout of 1s stopped after {took:?}");
-        eprintln!("statement_timeout 1s stopped after {took:?}");
+        figure(format!("statement_timeout 1s stopped after {took:?}"));
         // The backend is still usable.
         a.batch_execute("SET statement_timeout = 0").unwrap();
         let n: i32 = a.query_one("SELECT array_length(koe5_query('그래도 된다'), 1)", &[]).unwrap().get(0);
         assert_eq!(n, 32);
     }
 
-    fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    pub(crate) fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
         let start = Instant::now();
         while !done() {
             assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
@@ -1278,7 +1290,7 @@ mod client_tests {
         assert_eq!(state, "stopped");
         assert_eq!(embedded, done, "rows embedded vs rows the run recorded");
         assert!(done < 1485, "the run was stopped before the end");
-        eprintln!("backfill terminated after {done} of 1485 rows; all {embedded} committed rows kept");
+        figure(format!("backfill terminated after {done} of 1485 rows; all {embedded} committed rows kept"));
 
         // Rerun: it picks up the rest, in batches through the batch path.
         db.batch_execute("CALL koe5_backfill('docs', 'body', 'emb', batch_size => 64)").unwrap();
@@ -1299,7 +1311,7 @@ mod client_tests {
             .query_one("SELECT rows_per_second::float8 FROM koe5_backfill_progress ORDER BY run_id DESC LIMIT 1", &[])
             .unwrap()
             .get(0);
-        eprintln!("backfill rerun: {} rows at {rate:?} rows/s", 1485 - done);
+        figure(format!("backfill rerun: {} rows at {rate:?} rows/s", 1485 - done));
 
         // A partitioned table is embedded partition by partition (row addresses repeat
         // across partitions).
@@ -1330,7 +1342,7 @@ mod client_tests {
         );
     }
 
-    fn sqlstate_of(r: Result<(), postgres::Error>) -> String {
+    pub(crate) fn sqlstate_of(r: Result<(), postgres::Error>) -> String {
         match r {
             Ok(()) => "ok".into(),
             Err(e) => e.as_db_error().map(|d| format!("{}: {}", d.code().code(), d.message())).unwrap_or(e.to_string()),
@@ -1422,10 +1434,10 @@ mod client_tests {
         wait_for("the update to be embedded", Duration::from_secs(30), || {
             db.query_one("SELECT emb = koe5_passage(body) FROM docs WHERE id = 1", &[]).unwrap().get::<_, bool>(0)
         });
-        eprintln!(
+        figure(format!(
             "queue: 250 single-row inserts took {first:?} with the queue trigger, 250 more {second:?}; \
              the worker embedded the first 250 in {first_embedded:?}"
-        );
+        ));
         db.batch_execute("SELECT koe5_dequeue_table('docs')").unwrap();
         let left: i64 = db.query_one("SELECT count(*) FROM koe5_queue_status", &[]).unwrap().get(0);
         assert_eq!(left, 0);

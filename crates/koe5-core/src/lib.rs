@@ -10,6 +10,7 @@ pub mod hub;
 pub mod model;
 pub mod pooling;
 pub mod tokenize;
+pub mod weights;
 
 use std::io::Read;
 use std::path::Path;
@@ -39,22 +40,25 @@ pub struct Embedder {
 }
 
 impl Embedder {
-    /// Loads the sentence-transformers model in `dir`. The weights file is
-    /// memory-mapped while the tensors are built, then released.
+    /// Loads the sentence-transformers model in `dir`.
     pub fn load(dir: &Path) -> Result<Embedder> {
+        Embedder::load_with(dir, &mut || {})
+    }
+
+    /// Loads the model in `dir`, calling `interrupt` between tensors. The weights are
+    /// read, not memory-mapped: a file truncated or rewritten meanwhile is an error,
+    /// never a fault (see [`weights`]).
+    pub fn load_with(dir: &Path, interrupt: &mut dyn FnMut()) -> Result<Embedder> {
         let start = Instant::now();
         let spec = ModelSpec::read(dir)?;
         let tokenizer = TextTokenizer::from_file(&spec.tokenizer, spec.max_tokens, spec.do_lower_case)?;
         let device = Device::Cpu;
-        // A weights file rewritten in place while mapped can fault the process; a
-        // change noticed here at least never yields a half-old, half-new model.
-        // Replace model files by renaming a new directory into place.
+        // A file rewritten in place while it is read would give a half-old, half-new
+        // model: its size and modification time must not change during the load.
         let before = file_stamp(&spec.weights)?;
         let encoder = {
-            // SAFETY: the mapping lives only while the tensors are copied out of it;
-            // candle checks the header against the file size before reading.
-            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&spec.weights], DType::F32, &device) }
-                .map_err(|e| Error::weights(&spec.weights, e))?;
+            let tensors = weights::read_f32(&spec.weights, interrupt)?;
+            let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
             model::Encoder::new(&spec.encoder, spec.activation, vb).map_err(|e| Error::weights(&spec.weights, e))?
         };
         if file_stamp(&spec.weights)? != before {

@@ -99,7 +99,16 @@ impl Layer {
     }
 
     /// `x` is `(batch·seq) × hidden`; `mask` is `batch × 1 × 1 × seq`, 0 or -inf.
-    fn forward(&self, x: &Tensor, mask: &Tensor, batch: usize, seq: usize) -> CResult<Tensor> {
+    /// One encoder layer; `interrupt` runs between its three big steps (attention,
+    /// the FFN's expansion, its projection), so a cancel never waits for a whole layer.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        batch: usize,
+        seq: usize,
+        interrupt: &mut dyn FnMut(),
+    ) -> CResult<Tensor> {
         let split = |t: Tensor| -> CResult<Tensor> {
             t.reshape((batch, seq, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
         };
@@ -112,11 +121,13 @@ impl Layer {
         let ctx =
             probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * seq, self.heads * self.head_dim))?;
         let attn = self.attn_norm.forward(&(self.attn_out.forward(&ctx)? + x)?)?;
+        interrupt();
         let inter = self.inter.forward(&attn)?;
         let inter = match self.activation {
             Activation::GeluErf => inter.gelu_erf()?,
             Activation::GeluTanh => inter.gelu()?,
         };
+        interrupt();
         self.out_norm.forward(&(self.out.forward(&inter)? + attn)?)
     }
 }
@@ -163,7 +174,7 @@ impl Encoder {
         let mut x = self.embeddings.forward(ids, batch, seq, &self.device)?;
         for layer in &self.layers {
             interrupt();
-            x = layer.forward(&x, &mask, batch, seq)?;
+            x = layer.forward(&x, &mask, batch, seq, interrupt)?;
         }
         x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
     }

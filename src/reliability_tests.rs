@@ -1,0 +1,424 @@
+//! Reliability under load, faults and hostile input, from clients of the test server
+//! (see also stress/ for the parts that need a server of their own or the full-size
+//! model). Sizes here fit CI; the environment variables named below scale them up.
+
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+use crate::tests::client_tests::{connect, figure, fresh_database, sqlstate_of};
+use crate::tests::FIXTURES;
+
+const CONSTITUTION: &str = include_str!("../data/ko/constitution.txt");
+
+/// Resident and proportional set size of a process, in KiB.
+fn rss_pss_kb(pid: i32) -> (i64, i64) {
+    let field = |text: &str, name: &str| -> i64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1)
+    };
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    (field(&rollup, "Rss:"), field(&rollup, "Pss:"))
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// 16 sessions with the model loaded make mixed calls in rounds: none fails, no
+/// backend is lost, and each backend's memory stops growing after the first rounds.
+/// KOE5_LOAD_ROUNDS (default 6) scales it.
+#[test]
+fn sixteen_sessions_of_mixed_calls_without_errors_crashes_or_growth() {
+    const SESSIONS: usize = 16;
+    let rounds = env_usize("KOE5_LOAD_ROUNDS", 6);
+    let mut admin = connect(None);
+    let started: std::time::SystemTime = admin.query_one("SELECT pg_postmaster_start_time()", &[]).unwrap().get(0);
+    let texts: Vec<String> = crate::tests::cases().iter().map(|c| c["text"].as_str().unwrap().to_owned()).collect();
+    let barrier = Arc::new(Barrier::new(SESSIONS + 1));
+    let mut workers = Vec::new();
+    let mut pids = Vec::new();
+    for s in 0..SESSIONS {
+        let mut c = connect(None);
+        c.batch_execute(&format!("SET koe5.model_path = '{FIXTURES}/tiny-xlmr'")).unwrap();
+        pids.push(c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get::<_, i32>(0));
+        let (barrier, texts) = (barrier.clone(), texts.clone());
+        workers.push(std::thread::spawn(move || {
+            let mut calls = 0usize;
+            let mut errors = Vec::new();
+            let mut note = |r: Result<(), postgres::Error>| {
+                calls += 1;
+                if let Err(e) = r {
+                    errors.push(e.to_string());
+                }
+            };
+            for round in 0..rounds {
+                for k in 0..4 {
+                    let t = &texts[(s * 7 + round * 3 + k) % texts.len()];
+                    let u = &texts[(s * 5 + round + k + 1) % texts.len()];
+                    note(c.query_one("SELECT koe5_passage($1)", &[t]).map(|_| ()));
+                    note(c.query_one("SELECT koe5_query($1)", &[u]).map(|_| ()));
+                    note(c.query_one("SELECT koe5_similarity(koe5_query($1), koe5_passage($2))", &[t, u]).map(|_| ()));
+                }
+                let batch: Vec<&str> = texts.iter().skip((s + round) % 8).step_by(5).map(String::as_str).collect();
+                note(c.query("SELECT koe5_passage($1::text[])", &[&batch]).map(|_| ()));
+                note(c.query_one("SELECT koe5_token_count($1)", &[&texts[round % texts.len()]]).map(|_| ()));
+                barrier.wait(); // round done: the main thread measures
+                barrier.wait(); // next round
+            }
+            (calls, errors, c)
+        }));
+    }
+    let mut memory: Vec<Vec<(i64, i64)>> = Vec::new();
+    let start = Instant::now();
+    for _ in 0..rounds {
+        barrier.wait();
+        memory.push(pids.iter().map(|&p| rss_pss_kb(p)).collect());
+        barrier.wait();
+    }
+    let took = start.elapsed();
+    let (mut calls, mut errors, mut clients) = (0, Vec::new(), Vec::new());
+    for w in workers {
+        let (c, e, client) = w.join().unwrap();
+        calls += c;
+        errors.extend(e);
+        clients.push(client); // keeps the sessions open while they are counted
+    }
+    assert!(errors.is_empty(), "{} errors, first: {}", errors.len(), errors[0]);
+    assert!(calls >= 1000, "{calls} calls");
+    // No backend was lost: the same server, and every session's backend still there.
+    let now: std::time::SystemTime = admin.query_one("SELECT pg_postmaster_start_time()", &[]).unwrap().get(0);
+    assert_eq!(now, started, "the server restarted");
+    let alive: i64 =
+        admin.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", &[&pids]).unwrap().get(0);
+    assert_eq!(alive, SESSIONS as i64);
+    // Memory is steady after warm-up: from the second round on, no backend grows by
+    // more than 2 MiB.
+    let mut worst = 0;
+    for (i, _) in pids.iter().enumerate() {
+        let after_warmup = memory[1][i].0;
+        let last = memory[rounds - 1][i].0;
+        worst = worst.max(last - after_warmup);
+    }
+    assert!(worst <= 2048, "a backend grew by {worst} KiB after warm-up");
+    let pss: i64 = memory[rounds - 1].iter().map(|m| m.1).sum();
+    figure(format!(
+        "load: {SESSIONS} sessions, {calls} calls in {took:.1?}, 0 errors, server not restarted; \
+         largest RSS growth after round 2: {worst} KiB; PSS of all backends {} MiB",
+        pss / 1024
+    ));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to.join("1_Pooling")).unwrap();
+    for f in ["config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json", "tokenizer.json"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+    // Real copies, not links: the test cuts this file in place.
+    std::fs::copy(from.join("model.safetensors"), to.join("model.safetensors")).unwrap();
+}
+
+/// Replacing the model under running backends: cutting the weights file in place and
+/// renaming a new directory over the old. Running backends keep their loaded weights;
+/// a new backend gets a clear ERROR for the cut file and the new model after the
+/// rename; nothing crashes.
+#[test]
+fn model_files_replaced_under_running_backends() {
+    let fixtures = std::path::Path::new(FIXTURES);
+    let dir = fixtures.join(format!("replaced-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(&fixtures.join("tiny-xlmr"), &dir);
+    let use_dir = format!("SET koe5.model_path = '{}'", dir.display());
+    let mut admin = connect(None);
+    let started: std::time::SystemTime = admin.query_one("SELECT pg_postmaster_start_time()", &[]).unwrap().get(0);
+    let (text, want) = {
+        let c = &crate::tests::cases()[0];
+        (c["text"].as_str().unwrap().to_owned(), crate::tests::floats(&c["passage"]["embedding"]))
+    };
+    let embed =
+        |c: &mut postgres::Client| c.query_one("SELECT koe5_passage($1)", &[&text]).map(|r| r.get::<_, Vec<f32>>(0));
+
+    let mut running = connect(None);
+    running.batch_execute(&use_dir).unwrap();
+    crate::tests::assert_close("before", &embed(&mut running).unwrap(), &want);
+
+    // 1. The weights file is cut to a third, in place.
+    let weights = dir.join("model.safetensors");
+    let len = std::fs::metadata(&weights).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&weights).unwrap().set_len(len / 3).unwrap();
+    crate::tests::assert_close("running, after the cut", &embed(&mut running).unwrap(), &want);
+    let mut fresh = connect(None);
+    fresh.batch_execute(&use_dir).unwrap();
+    let err = sqlstate_of(embed(&mut fresh).map(|_| ()));
+    assert!(err.starts_with("XX001: could not load weights from"), "{err}");
+
+    // 2. A new model (CLS pooling, no normalisation) renamed into place.
+    let next = fixtures.join(format!("replaced-{}-next", std::process::id()));
+    let _ = std::fs::remove_dir_all(&next);
+    copy_dir(&fixtures.join("tiny-xlmr"), &next);
+    for f in ["modules.json", "sentence_bert_config.json", "1_Pooling/config.json"] {
+        std::fs::copy(fixtures.join("tiny-xlmr-cls").join(f), next.join(f)).unwrap();
+    }
+    let old = fixtures.join(format!("replaced-{}-old", std::process::id()));
+    std::fs::rename(&dir, &old).unwrap();
+    std::fs::rename(&next, &dir).unwrap();
+    crate::tests::assert_close("running, after the rename", &embed(&mut running).unwrap(), &want);
+    let mut newer = connect(None);
+    newer.batch_execute(&use_dir).unwrap();
+    let cls = crate::tests::floats(&crate::tests::cases()[0]["cls"]["embedding"]);
+    crate::tests::assert_close("new backend, new model", &embed(&mut newer).unwrap(), &cls);
+    // The backend that failed recovers too.
+    crate::tests::assert_close("failed backend, new model", &embed(&mut fresh).unwrap(), &cls);
+
+    let now: std::time::SystemTime = admin.query_one("SELECT pg_postmaster_start_time()", &[]).unwrap().get(0);
+    assert_eq!(now, started, "the server restarted");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&old).unwrap();
+}
+
+/// Random text through the SQL entry points of UTF8, EUC_KR and SQL_ASCII databases:
+/// every call embeds or fails with a clear ERROR (22021 for bytes that are not valid
+/// UTF-8 in SQL_ASCII); no backend is lost. KOE5_FUZZ_CASES (default 200 per database)
+/// scales it.
+#[test]
+fn random_text_in_every_korean_encoding_embeds_or_fails_cleanly() {
+    let cases = env_usize("KOE5_FUZZ_CASES", 200);
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut report = Vec::new();
+    for (db, encoding) in [("koe5_fuzz_utf8", "UTF8"), ("koe5_fuzz_euckr", "EUC_KR"), ("koe5_fuzz_ascii", "SQL_ASCII")]
+    {
+        let mut c = fresh_database(db, encoding);
+        let (mut ok, mut refused) = (0, 0);
+        for i in 0..cases {
+            let len = match i % 10 {
+                0 => 0,
+                1 => 1 + (next() % 5) as usize,
+                2 => 20_000 + (next() % 50_000) as usize,
+                _ => 1 + (next() % 400) as usize,
+            };
+            let outcome = if encoding == "SQL_ASCII" {
+                // Raw bytes, most of them not UTF-8.
+                let bytes: Vec<u8> = (0..len).map(|_| (next() % 256) as u8).filter(|&b| b != 0).collect();
+                sqlstate_of(c.query_one("SELECT koe5_passage(convert_from($1, 'SQL_ASCII'))", &[&bytes]).map(|_| ()))
+            } else {
+                // Characters the database can hold: ASCII with control characters,
+                // Hangul, Hanja, and (in UTF8) anything, lone surrogates replaced.
+                let text: String = (0..len)
+                    .map(|_| {
+                        let r = next();
+                        let c = match r % 6 {
+                            0 => char::from_u32((r >> 8) as u32 % 0x80).unwrap(),
+                            1 | 2 => char::from_u32(0xac00 + (r >> 8) as u32 % 11172).unwrap(),
+                            3 => char::from_u32(0x4e00 + (r >> 8) as u32 % 0x1000).unwrap(),
+                            4 => ' ',
+                            _ if encoding == "UTF8" => {
+                                char::from_u32((r >> 8) as u32 % 0x110000).unwrap_or(char::REPLACEMENT_CHARACTER)
+                            }
+                            _ => '\n',
+                        };
+                        if c == '\0' {
+                            ' '
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
+                let text = if encoding == "EUC_KR" {
+                    // What EUC-KR can encode: pieces of the constitution (KS X 1001
+                    // Hangul and Hanja) with random ASCII, control characters included.
+                    let doc: Vec<char> = CONSTITUTION.chars().collect();
+                    let from = (next() as usize) % doc.len();
+                    let piece: String = doc[from..(from + len).min(doc.len())].iter().collect();
+                    text.chars().filter(char::is_ascii).zip(piece.chars()).flat_map(|(a, b)| [a, b]).collect()
+                } else {
+                    text
+                };
+                let r = c.query_one("SELECT koe5_passage($1), koe5_token_count($1)", &[&text]).map(|_| ());
+                sqlstate_of(r)
+            };
+            match outcome.as_str() {
+                "ok" => ok += 1,
+                s if s.starts_with("22021") || s.starts_with("22P05") => refused += 1,
+                other => panic!("{encoding} case {i}: {other}"),
+            }
+        }
+        let alive: i32 = c.query_one("SELECT 1", &[]).unwrap().get(0);
+        assert_eq!(alive, 1);
+        report.push(format!("{encoding}: {ok} embedded, {refused} refused (22021)"));
+    }
+    figure(format!("fuzz through SQL, {cases} cases per database: {}", report.join("; ")));
+}
+
+/// A 16 MB text and a batch of many texts run in bounded memory.
+/// KOE5_BIG_BATCH (default 20000) sets the batch size.
+#[test]
+fn huge_texts_and_batches_run_in_bounded_memory() {
+    let batch = env_usize("KOE5_BIG_BATCH", 20_000);
+    let mut c = connect(None);
+    c.batch_execute(&format!("SET koe5.model_path = '{FIXTURES}/tiny-xlmr'")).unwrap();
+    c.query_one("SELECT koe5_passage('warm up')", &[]).unwrap();
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let hwm = |pid: i32| -> i64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let base = hwm(pid);
+    let start = Instant::now();
+    let n: i32 = c
+        .query_one("SELECT array_length(koe5_passage(repeat('대한민국 헌법 제1조 ', 1200000)), 1)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 32);
+    let count: i32 =
+        c.query_one("SELECT koe5_token_count(repeat('대한민국 헌법 제1조 ', 1200000))", &[]).unwrap().get(0);
+    assert!(count > 4_000_000, "{count}");
+    let text_growth = hwm(pid) - base;
+    let text_time = start.elapsed();
+    let start = Instant::now();
+    let rows: i64 = c
+        .query_one(
+            "SELECT count(e) FROM koe5_passage(ARRAY(SELECT '조문 ' || g FROM generate_series(1, $1) g)) e",
+            &[&(batch as i32)],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, batch as i64);
+    let batch_growth = hwm(pid) - base;
+    // 16 MB of text is held by PostgreSQL twice at most (the argument, repeat()'s
+    // result); koe5 adds little beyond it.
+    assert!(text_growth < 160 * 1024, "16 MB text: peak memory grew by {text_growth} KiB");
+    assert!(batch_growth < 256 * 1024, "batch of {batch}: peak memory grew by {batch_growth} KiB");
+    figure(format!(
+        "16.8 MB text: embedded and counted ({count} tokens) in {text_time:.1?}, peak +{} MiB; \
+         batch of {batch} texts in {:.1?}, peak +{} MiB",
+        text_growth / 1024,
+        start.elapsed(),
+        batch_growth / 1024
+    ));
+}
+
+/// A hostile search_path cannot redirect what koe5's SQL functions call.
+#[test]
+fn a_hostile_search_path_does_not_redirect_koe5() {
+    let mut c = fresh_database("koe5_hostile", "UTF8");
+    c.batch_execute(
+        "CREATE SCHEMA evil;
+         CREATE FUNCTION evil.hijacked() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RAISE 'hijacked'; END $$;
+         CREATE FUNCTION evil.koe5_passage(text) RETURNS real[] LANGUAGE sql AS 'SELECT ARRAY[evil.hijacked()]::real[]';
+         CREATE FUNCTION evil.koe5_passage(text[]) RETURNS SETOF real[] LANGUAGE sql
+             AS 'SELECT ARRAY[evil.hijacked()]::real[]';
+         CREATE FUNCTION evil.koe5_query(text) RETURNS real[] LANGUAGE sql AS 'SELECT ARRAY[evil.hijacked()]::real[]';
+         CREATE FUNCTION evil.format(text, text) RETURNS text LANGUAGE sql AS 'SELECT evil.hijacked()::text';
+         CREATE FUNCTION evil.fake_agg(tid[], tid) RETURNS tid[] LANGUAGE sql AS 'SELECT NULL::tid[]';
+         CREATE FUNCTION evil.fake_final(tid[]) RETURNS tid[] LANGUAGE sql AS 'SELECT ARRAY[evil.hijacked()::text::tid]';
+         CREATE AGGREGATE evil.array_agg(tid) (SFUNC = evil.fake_agg, STYPE = tid[], FINALFUNC = evil.fake_final);
+         CREATE FUNCTION evil.tideq(tid, tid) RETURNS boolean LANGUAGE sql AS 'SELECT evil.hijacked() = 0';
+         CREATE OPERATOR evil.= (LEFTARG = tid, RIGHTARG = tid, FUNCTION = evil.tideq);
+         CREATE TABLE docs (id int PRIMARY KEY, body text, emb real[]);
+         INSERT INTO docs SELECT g, '제' || g || '조' FROM generate_series(1, 30) g;",
+    )
+    .unwrap();
+    c.batch_execute("SET search_path = evil, public, pg_catalog").unwrap();
+    c.batch_execute("CALL koe5_backfill('docs', 'body', 'emb', batch_size => 7)").unwrap();
+    c.batch_execute(
+        "CREATE TRIGGER embed BEFORE INSERT OR UPDATE ON docs FOR EACH ROW EXECUTE FUNCTION koe5_embed_trigger('body', 'emb');
+         INSERT INTO docs VALUES (31, '제31조');
+         CREATE TABLE public.q (id int PRIMARY KEY, body text, emb real[]);
+         SELECT koe5_enqueue_table('public.q', 'body', 'emb');
+         INSERT INTO public.q VALUES (1, '가'), (2, '나');
+         SELECT koe5_process_queue();",
+    )
+    .unwrap();
+    let n: i64 = c.query_one("SELECT count(*) FROM koe5_chunks('가나다. 라마바.')", &[]).unwrap().get(0);
+    assert_eq!(n, 1);
+    c.batch_execute("SET search_path = public").unwrap();
+    let r = c
+        .query_one(
+            "SELECT (SELECT count(emb) FROM docs), (SELECT count(emb) FROM q),
+                    (SELECT min(koe5_similarity(emb, koe5_passage(body))) FROM docs)",
+            &[],
+        )
+        .unwrap();
+    let (docs, q, worst): (i64, i64, f32) = (r.get(0), r.get(1), r.get(2));
+    assert_eq!((docs, q), (31, 2));
+    assert!(worst >= 0.99999);
+}
+
+/// What a plain user may not do, and what a superuser may delegate: SET on the
+/// model settings (GRANT SET ON PARAMETER) and koe5_download() (GRANT EXECUTE).
+#[test]
+fn privileges_are_refused_to_plain_users_and_can_be_granted() {
+    let mut c = fresh_database("koe5_privileges", "UTF8");
+    c.batch_execute(
+        "DO $$ BEGIN CREATE ROLE koe5_delegate; EXCEPTION WHEN duplicate_object THEN END $$;
+         DO $$ BEGIN CREATE ROLE koe5_nobody; EXCEPTION WHEN duplicate_object THEN END $$;",
+    )
+    .unwrap();
+    c.batch_execute("SET ROLE koe5_nobody").unwrap();
+    for sql in [
+        "SET koe5.model_path = '/etc'",
+        "SET koe5.model_id = 'evil/model'",
+        "SET koe5.threads = 64",
+        "SELECT koe5_download()",
+        "ALTER SYSTEM SET koe5.model_path = '/etc'",
+    ] {
+        let got = sqlstate_of(c.batch_execute(sql));
+        assert!(got.starts_with("42501"), "{sql}: {got}");
+    }
+    c.batch_execute("RESET ROLE").unwrap();
+    c.batch_execute(
+        "GRANT SET ON PARAMETER koe5.model_path TO koe5_delegate;
+         GRANT EXECUTE ON FUNCTION koe5_download() TO koe5_delegate;
+         SELECT tests.set_env_for_test('HF_ENDPOINT', 'http://127.0.0.1:9');
+         SET koe5.model_path = '';
+         SET ROLE koe5_delegate;",
+    )
+    .unwrap();
+    c.batch_execute(&format!("SET koe5.model_path = '{FIXTURES}/tiny-xlmr'")).unwrap();
+    c.query_one("SELECT koe5_passage('위임')", &[]).unwrap();
+    // Past the privilege check: the download itself fails (nothing listens there).
+    let got = sqlstate_of(c.batch_execute("SELECT koe5_download()"));
+    assert!(!got.starts_with("42501") && got.starts_with("08"), "{got}");
+    let got = sqlstate_of(c.batch_execute("SET koe5.model_id = 'evil/model'"));
+    assert!(got.starts_with("42501"), "only what was granted: {got}");
+    c.batch_execute("RESET ROLE").unwrap();
+}
+
+/// koe5.threads caps a backend's compute threads.
+#[test]
+fn koe5_threads_caps_the_compute_threads() {
+    let mut c = connect(None);
+    c.batch_execute(&format!("SET koe5.threads = 1; SET koe5.model_path = '{FIXTURES}/tiny-xlmr'")).unwrap();
+    c.query_one("SELECT koe5_passage('스레드 하나')", &[]).unwrap();
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter(|t| {
+            let comm = std::fs::read_to_string(t.as_ref().unwrap().path().join("comm")).unwrap_or_default();
+            comm.starts_with("koe5-compute")
+        })
+        .count();
+    assert_eq!(threads, 1);
+}
+
+/// kill -9 needs a server of its own (the whole server restarts): stress/faults.sh.
+/// Here: a cancelled load leaves the backend usable.
+#[test]
+fn a_cancelled_model_load_leaves_the_backend_usable() {
+    let mut c = connect(None);
+    c.batch_execute("SET statement_timeout = '1ms'").unwrap();
+    c.batch_execute(&format!("SET koe5.model_path = '{FIXTURES}/tiny-xlmr'")).unwrap();
+    let got = sqlstate_of(c.query_one("SELECT koe5_passage('늦다')", &[]).map(|_| ()));
+    assert!(got == "ok" || got.starts_with("57014"), "{got}");
+    c.batch_execute("SET statement_timeout = 0").unwrap();
+    let n: i32 = c.query_one("SELECT array_length(koe5_passage('이제 된다'), 1)", &[]).unwrap().get(0);
+    assert_eq!(n, 32);
+}
