@@ -4,7 +4,8 @@
 #
 #   stress/run.sh            all of it (about 5 minutes; the full-size part needs
 #                            /opt/koe5/full-size or the reference Python environment)
-#   stress/run.sh quick      the fixture-model parts only
+#   stress/run.sh quick      the fixture-model parts only (1-3)
+#   stress/run.sh full-size  the full-size part only (4)
 #
 # 1. pgbench: 16 clients, mixed single, batch and similarity calls; 0 failures, no
 #    backend lost ("terminated by signal" absent from the server log).
@@ -58,6 +59,7 @@ psql -d postgres -c "CREATE EXTENSION koe5"
 results=()
 say() { echo "    $*"; results+=("$*"); }
 
+if [ "$mode" != full-size ]; then
 echo "==> 1. pgbench: 16 clients, mixed calls"
 cat > "$KOE5_HOME/stress-load.sql" <<'SQL'
 \set n random(1, 130)
@@ -121,6 +123,8 @@ say "100 MB text (7,000,000 words): embedded, counted ($count tokens), chunked (
 say "batch of 100,000 texts in $(sub "$t2" "$t1") s; backend peak RSS +$((batch_peak / 1024)) MiB (from its start)"
 crashed=$(grep -c "terminated by signal" "$DATA/server.log" || true)
 [ "$crashed" = 1 ] || { echo "unexpected crashes in the log: $crashed (1 expected: the kill -9)"; exit 1; }
+
+fi
 
 if [ "$mode" != quick ]; then
     echo "==> 4. cancel and statement_timeout on the full-size model"

@@ -26,8 +26,11 @@ pub use pooling::Pooling;
 pub use tokenize::{Kind, TextTokenizer};
 
 /// Padded tokens per forward pass. Attention scores of one batch take
-/// `heads × budget × longest × 4` bytes: 128 MiB for KoE5 at 512-token inputs.
-pub const DEFAULT_TOKEN_BUDGET: usize = 4096;
+/// `heads × budget × longest × 4` bytes: 64 MiB for KoE5 at 512-token inputs. The
+/// largest step between two interrupt checks (the FFN expansion of one batch) is then
+/// about 17 GFLOP: a cancel lands within about 0.3 s at KoE5's size on 2 cores
+/// (stress/run.sh measures it).
+pub const DEFAULT_TOKEN_BUDGET: usize = 2048;
 /// Inputs per forward pass at most.
 pub const DEFAULT_MAX_BATCH: usize = 32;
 

@@ -99,8 +99,9 @@ impl Layer {
     }
 
     /// `x` is `(batch·seq) × hidden`; `mask` is `batch × 1 × 1 × seq`, 0 or -inf.
-    /// One encoder layer; `interrupt` runs between its three big steps (attention,
-    /// the FFN's expansion, its projection), so a cancel never waits for a whole layer.
+    /// One encoder layer; `interrupt` runs between its four big steps (the Q/K/V
+    /// projections, attention, the FFN's expansion, its projection), so a cancel never
+    /// waits for a whole layer.
     fn forward(
         &self,
         x: &Tensor,
@@ -115,6 +116,7 @@ impl Layer {
         let q = split(self.query.forward(x)?)?;
         let k = split(self.key.forward(x)?)?;
         let v = split(self.value.forward(x)?)?;
+        interrupt();
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;

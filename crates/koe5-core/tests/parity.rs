@@ -116,8 +116,8 @@ fn interrupt_hook_runs_within_every_layer_and_can_stop_the_work() {
     let e = Embedder::load(&fixtures().join("tiny-xlmr")).unwrap();
     let mut calls = 0;
     e.embed_one(Kind::Query, "헌법재판소", &mut || calls += 1).unwrap();
-    // before each layer, after its attention, after its FFN expansion
-    assert_eq!(calls, 3 * e.spec.encoder.num_hidden_layers);
+    // before each layer, after its Q/K/V projections, after attention, after the FFN expansion
+    assert_eq!(calls, 4 * e.spec.encoder.num_hidden_layers);
     // A hook that panics (as PostgreSQL's cancel does, through pgrx) unwinds out.
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         e.embed_many(Kind::Passage, &["가"; 10], &mut || panic!("canceled")).unwrap()
