@@ -29,6 +29,10 @@ END;
 COMMENT ON FUNCTION koe5_chunks(text, integer, integer) IS
     'Cuts a document into pieces of at most max_tokens model tokens (prefix included), preferring paragraph, line and sentence ends';
 
+-- koe5_download() may be delegated with GRANT EXECUTE since 0.2.0.
+COMMENT ON FUNCTION koe5_download() IS
+    'Downloads koe5.model_id from the Hugging Face Hub into the server''s Hugging Face cache (superusers, and roles granted EXECUTE); returns the snapshot directory';
+
 -- Pipelines: keep embeddings in step with tables.
 --
 --   koe5_embed_trigger()    a BEFORE trigger that embeds a row as it is written
@@ -120,7 +124,7 @@ DECLARE
 BEGIN
     IF TG_WHEN <> 'BEFORE' OR TG_LEVEL <> 'ROW' OR TG_OP NOT IN ('INSERT', 'UPDATE') THEN
         RAISE EXCEPTION 'koe5_embed_trigger() must be fired BEFORE INSERT OR UPDATE FOR EACH ROW'
-            USING ERRCODE = 'triggered_action_exception';
+            USING ERRCODE = '39P01';
     END IF;
     IF TG_NARGS NOT IN (2, 3) THEN
         RAISE EXCEPTION 'koe5_embed_trigger() needs a source column, a target column and optionally ''passage'' or ''query'''
@@ -185,8 +189,9 @@ ALTER TABLE koe5_backfill_runs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY koe5_backfill_runs_read ON koe5_backfill_runs FOR SELECT
     USING (run_by = current_user OR coalesce(pg_catalog.has_table_privilege(relid, 'SELECT'), false));
 CREATE POLICY koe5_backfill_runs_insert ON koe5_backfill_runs FOR INSERT
-    WITH CHECK (run_by = current_user AND coalesce(pg_catalog.has_table_privilege(relid, 'UPDATE'), false));
-CREATE POLICY koe5_backfill_runs_update ON koe5_backfill_runs FOR UPDATE USING (run_by = current_user);
+    WITH CHECK (run_by = current_user AND coalesce(pg_catalog.has_any_column_privilege(relid, 'UPDATE'), false));
+CREATE POLICY koe5_backfill_runs_update ON koe5_backfill_runs FOR UPDATE USING (run_by = current_user)
+    WITH CHECK (run_by = current_user AND coalesce(pg_catalog.has_any_column_privilege(relid, 'UPDATE'), false));
 CREATE POLICY koe5_backfill_runs_delete ON koe5_backfill_runs FOR DELETE USING (run_by = current_user);
 GRANT SELECT, INSERT, UPDATE, DELETE ON koe5_backfill_runs TO PUBLIC;
 
@@ -210,7 +215,9 @@ SELECT r.run_id,
            (r.updated_at - r.started_at) * (greatest(r.rows_total - r.rows_done - r.rows_failed, 0)::float8 / r.rows_done)
        END AS time_left,
        r.started_at, r.updated_at, r.finished_at, r.last_error
-FROM @extschema@.koe5_backfill_runs r;
+FROM @extschema@.koe5_backfill_runs r
+-- the read policy of the table, applied here because a view reads as its owner
+WHERE r.run_by = current_user OR coalesce(pg_catalog.has_table_privilege(r.relid, 'SELECT'), false);
 GRANT SELECT ON koe5_backfill_progress TO PUBLIC;
 COMMENT ON VIEW koe5_backfill_progress IS
     'Progress of koe5_backfill() runs, readable from any session while they run';
@@ -250,6 +257,10 @@ BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     PERFORM @extschema@.koe5__check_kind(kind);
     PERFORM @extschema@.koe5__check_columns(tbl, source, target);
+    IF (SELECT c.relkind FROM pg_class c WHERE c.oid = tbl) NOT IN ('r', 'p', 'm') THEN
+        RAISE EXCEPTION 'koe5_backfill() cannot embed rows of "%"', @extschema@.koe5__relname(tbl)
+            USING ERRCODE = 'wrong_object_type', DETAIL = 'It works on tables (partitioned or not).';
+    END IF;
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -261,9 +272,14 @@ BEGIN
     RAISE NOTICE 'koe5_backfill: run %, % rows of "%" to embed', run, total, @extschema@.koe5__relname(tbl);
     -- Row addresses (ctid) are per physical table: a partitioned table or one with
     -- inheritance children is embedded one physical table at a time.
-    SELECT array_agg(p.relid ORDER BY p.level, p.relid) INTO parts FROM pg_partition_tree(tbl) AS p WHERE p.isleaf;
-    parts := coalesce(parts, ARRAY[tbl]);
+    WITH RECURSIVE tree(relid) AS (
+        SELECT tbl::oid
+        UNION
+        SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.relid)
+    SELECT array_agg(tree.relid::regclass ORDER BY tree.relid) INTO parts
+    FROM tree JOIN pg_class c ON c.oid = tree.relid WHERE c.relkind IN ('r', 'm');
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
     FOREACH part IN ARRAY parts LOOP
         -- Walk the table in ranges of blocks (growing while they come back short), then
@@ -335,6 +351,7 @@ BEGIN
                 UPDATE @extschema@.koe5_backfill_runs SET state = 'failed', finished_at = clock_timestamp()
                     WHERE run_id = run;
                 COMMIT;
+                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
                 IF coalesce(err_detail, '') = '' THEN
                     RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err,
                         HINT = 'koe5_backfill stopped after 32 rows in a row failed; the rows embedded before are kept.';
@@ -343,6 +360,7 @@ BEGIN
                     HINT = 'koe5_backfill stopped after 32 rows in a row failed; the rows embedded before are kept.';
             END IF;
             COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
             IF n = 0 OR n < batch_size THEN
                 EXIT WHEN final;
                 blk := blk + step;
@@ -394,25 +412,25 @@ CREATE TABLE koe5_queue (
 ALTER SEQUENCE koe5_queue_id_seq OWNED BY koe5_queue.id;
 CREATE INDEX koe5_queue_pending ON koe5_queue (relid, id) WHERE failed_at IS NULL;
 
--- The queue is the users' data: pg_dump keeps it (relids are regclass, so they follow
--- the tables by name).
-SELECT pg_catalog.pg_extension_config_dump('koe5_queued_tables', '');
-SELECT pg_catalog.pg_extension_config_dump('koe5_queue', '');
-SELECT pg_catalog.pg_extension_config_dump('koe5_queue_id_seq', '');
+-- pg_dump does not keep registrations or the queue (restored tables may number their
+-- columns differently): after a restore, call koe5_enqueue_table() again; until then
+-- the restored trigger warns that the table is not registered and writes go on.
 
 -- Owners register and process their tables; writers add entries for tables they may write.
 ALTER TABLE koe5_queued_tables ENABLE ROW LEVEL SECURITY;
-CREATE POLICY koe5_queued_tables_read ON koe5_queued_tables FOR SELECT
-    USING (coalesce(pg_catalog.has_table_privilege(relid, 'SELECT, INSERT, UPDATE'), false));
+-- Everyone may see which tables are registered (a writer's trigger must).
+CREATE POLICY koe5_queued_tables_read ON koe5_queued_tables FOR SELECT USING (true);
 CREATE POLICY koe5_queued_tables_own ON koe5_queued_tables FOR ALL
     USING (@extschema@.koe5__owns(relid)) WITH CHECK (@extschema@.koe5__owns(relid));
 GRANT SELECT, INSERT, UPDATE, DELETE ON koe5_queued_tables TO PUBLIC;
 
 ALTER TABLE koe5_queue ENABLE ROW LEVEL SECURITY;
+-- A writer may only add a fresh entry: the next id, no attempts, no error, due now.
 CREATE POLICY koe5_queue_write ON koe5_queue FOR INSERT
-    WITH CHECK (attempts = 0 AND failed_at IS NULL
+    WITH CHECK (id = currval('@extschema@.koe5_queue_id_seq') AND attempts = 0 AND failed_at IS NULL
+                AND last_error IS NULL AND next_attempt_at = '-infinity'
                 AND EXISTS (SELECT FROM @extschema@.koe5_queued_tables r WHERE r.relid = koe5_queue.relid)
-                AND coalesce(pg_catalog.has_table_privilege(relid, 'INSERT, UPDATE'), false));
+                AND coalesce(pg_catalog.has_any_column_privilege(relid, 'INSERT, UPDATE'), false));
 CREATE POLICY koe5_queue_own ON koe5_queue FOR ALL
     USING (@extschema@.koe5__owns(relid)) WITH CHECK (@extschema@.koe5__owns(relid));
 GRANT SELECT, INSERT, UPDATE, DELETE ON koe5_queue TO PUBLIC;
@@ -457,16 +475,23 @@ $$;
 CREATE FUNCTION koe5__enqueue_trigger() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
+    -- key values are stored as text: render them the way processing reads them back
+    SET DateStyle = 'ISO, MDY'
+    SET IntervalStyle = 'postgres'
+    SET extra_float_digits = 3
 AS $$
 DECLARE
     reg record;
     source text;
+    target text;
     keys text;
     new_text text;
     old_text text;
     row_key text[];
+    old_key text[];
+    emptied boolean;
 BEGIN
-    SELECT r.source_attnum INTO reg FROM @extschema@.koe5_queued_tables r WHERE r.relid = TG_RELID;
+    SELECT r.source_attnum, r.target_attnum INTO reg FROM @extschema@.koe5_queued_tables r WHERE r.relid = TG_RELID;
     IF NOT FOUND THEN
         -- Writes never fail because of the queue.
         RAISE WARNING 'relation "%" has a koe5_enqueue trigger but is not registered', @extschema@.koe5__relname(TG_RELID)
@@ -474,14 +499,19 @@ BEGIN
         RETURN NULL;
     END IF;
     source := @extschema@.koe5__column_name(TG_RELID, reg.source_attnum);
+    target := @extschema@.koe5__column_name(TG_RELID, reg.target_attnum);
+    SELECT string_agg(format('($1).%I::text', c), ', ') INTO keys FROM unnest((@extschema@.koe5__key_columns(TG_RELID)).names) AS c;
+    EXECUTE format('SELECT ARRAY[%s]::text[]', keys) INTO row_key USING NEW;
     IF TG_OP = 'UPDATE' THEN
-        EXECUTE format('SELECT ($1).%1$I::text, ($2).%1$I::text', source) INTO new_text, old_text USING NEW, OLD;
-        IF new_text IS NOT DISTINCT FROM old_text THEN
+        -- Queue when the text changed, when the row got a new key (its old entry
+        -- will find nothing), or when the target was emptied (a request to embed again).
+        EXECUTE format('SELECT ($1).%1$I::text, ($2).%1$I::text, ($1).%2$I IS NULL AND ($2).%2$I IS NOT NULL',
+                       source, target) INTO new_text, old_text, emptied USING NEW, OLD;
+        EXECUTE format('SELECT ARRAY[%s]::text[]', keys) INTO old_key USING OLD;
+        IF new_text IS NOT DISTINCT FROM old_text AND row_key = old_key AND NOT (emptied AND new_text IS NOT NULL) THEN
             RETURN NULL;
         END IF;
     END IF;
-    SELECT string_agg(format('($1).%I::text', c), ', ') INTO keys FROM unnest((@extschema@.koe5__key_columns(TG_RELID)).names) AS c;
-    EXECUTE format('SELECT ARRAY[%s]::text[]', keys) INTO row_key USING NEW;
     INSERT INTO @extschema@.koe5_queue (relid, row_key) VALUES (TG_RELID, row_key);
     RETURN NULL;
 END
@@ -491,11 +521,18 @@ CREATE FUNCTION koe5_enqueue_table(tbl regclass, source text, target text, kind 
     RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
+    SET DateStyle = 'ISO, MDY'
+    SET IntervalStyle = 'postgres'
+    SET extra_float_digits = 3
 AS $$
 DECLARE
     key record;
     relkind "char" := (SELECT c.relkind FROM pg_class c WHERE c.oid = tbl);
 BEGIN
+    IF (SELECT c.relpersistence FROM pg_class c WHERE c.oid = tbl) = 't' THEN
+        RAISE EXCEPTION 'koe5_enqueue_table() does not support temporary tables'
+            USING ERRCODE = 'feature_not_supported', DETAIL = 'The background worker cannot see them.';
+    END IF;
     PERFORM @extschema@.koe5__check_kind(kind);
     PERFORM @extschema@.koe5__check_columns(tbl, source, target);
     IF relkind = 'p' THEN
@@ -556,6 +593,8 @@ COMMENT ON FUNCTION koe5_dequeue_table(regclass) IS
 CREATE FUNCTION koe5_process_queue_table(tbl regclass, max_rows integer DEFAULT 64) RETURNS integer
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
+    SET DateStyle = 'ISO, MDY'
+    SET IntervalStyle = 'postgres'
     SET extra_float_digits = 3
 AS $$
 DECLARE
@@ -567,7 +606,9 @@ DECLARE
     match text;
     ids bigint[];
     found_ids bigint[];
+    existing_ids bigint[];
     texts text[];
+    entry bigint;
     failed_ids bigint[] := '{}';
     errors text[] := '{}';
     err text;
@@ -606,11 +647,37 @@ BEGIN
     END IF;
     SELECT string_agg(format('t.%I = (q.row_key[%s])::%s', c.name, c.ord, c.type), ' AND ') INTO match
         FROM unnest(key.names, key.types) WITH ORDINALITY AS c(name, type, ord);
-    -- The rows' current texts, in queue order (rows deleted since are simply done).
+    -- An entry whose key does not read back as the table's key types (written by hand,
+    -- or for a key whose type changed) fails on its own instead of stalling the queue.
+    BEGIN
+        EXECUTE format('SELECT count(*) FROM %s.koe5_queue AS q JOIN %s AS t ON %s WHERE q.id = ANY ($1)',
+                       '@extschema@', tbl, match) USING ids;
+    EXCEPTION WHEN OTHERS THEN
+        FOREACH entry IN ARRAY ids LOOP
+            BEGIN
+                EXECUTE format('SELECT count(*) FROM %s.koe5_queue AS q JOIN %s AS t ON %s WHERE q.id = $1',
+                               '@extschema@', tbl, match) USING entry;
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
+                UPDATE @extschema@.koe5_queue SET attempts = @extschema@.koe5__queue_max_attempts(),
+                    last_error = 'invalid row key: ' || err, failed_at = clock_timestamp()
+                    WHERE koe5_queue.id = entry;
+                ids := array_remove(ids, entry);
+            END;
+        END LOOP;
+    END;
+    -- The rows' current texts, in queue order, locking them; a row another transaction
+    -- holds is left for a later batch, and entries whose row is gone are done.
     EXECUTE format(
-        'SELECT array_agg(q.id ORDER BY q.id), array_agg(t.%I::text ORDER BY q.id)
-         FROM %s.koe5_queue AS q JOIN %s AS t ON %s WHERE q.id = ANY ($1)', source, '@extschema@', tbl, match)
+        'SELECT array_agg(l.id ORDER BY l.id), array_agg(l.body ORDER BY l.id)
+         FROM (SELECT q.id, t.%I::text AS body FROM %s.koe5_queue AS q JOIN %s AS t ON %s
+               WHERE q.id = ANY ($1) FOR NO KEY UPDATE OF t SKIP LOCKED) AS l', source, '@extschema@', tbl, match)
         INTO found_ids, texts USING ids;
+    EXECUTE format('SELECT array_agg(q.id) FROM %s.koe5_queue AS q JOIN %s AS t ON %s WHERE q.id = ANY ($1)',
+                   '@extschema@', tbl, match)
+        INTO existing_ids USING ids;
+    ids := array(SELECT x FROM unnest(ids) AS x
+                 WHERE x = ANY (coalesce(found_ids, '{}')) OR x <> ALL (coalesce(existing_ids, '{}')));
     IF found_ids IS NOT NULL THEN
         BEGIN
             -- One padded batch; a row whose text changed meanwhile is left to its newer entry.

@@ -54,18 +54,19 @@ impl Loaded {
 
     pub fn remember_query(&self, text: &str, v: &[f32]) {
         let capacity = usize::try_from(gucs::QUERY_CACHE_SIZE.get()).unwrap_or(0);
+        if text.len() > CACHED_QUERY_MAX_BYTES || capacity == 0 {
+            return;
+        }
         let mut cache = self.queries.borrow_mut();
-        while cache.entries.len() >= capacity.max(1) {
+        while cache.entries.len() >= capacity {
             let Some(oldest) = cache.entries.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone()) else {
                 break;
             };
             cache.entries.remove(&oldest);
         }
-        if text.len() <= CACHED_QUERY_MAX_BYTES && capacity > 0 {
-            cache.clock += 1;
-            let now = cache.clock;
-            cache.entries.insert(text.to_owned(), (v.to_vec(), now));
-        }
+        cache.clock += 1;
+        let now = cache.clock;
+        cache.entries.insert(text.to_owned(), (v.to_vec(), now));
     }
 
     pub fn cached_queries(&self) -> usize {

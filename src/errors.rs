@@ -12,6 +12,7 @@ fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
         ErrorKind::Unsupported => PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
         ErrorKind::CorruptWeights => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
         ErrorKind::InvalidInput => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        ErrorKind::OutOfMemory => PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY,
         ErrorKind::Inference => PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
         ErrorKind::Download => PgSqlErrorCode::ERRCODE_CONNECTION_EXCEPTION,
     }

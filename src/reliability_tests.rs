@@ -33,7 +33,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 #[test]
 fn sixteen_sessions_of_mixed_calls_without_errors_crashes_or_growth() {
     const SESSIONS: usize = 16;
-    let rounds = env_usize("KOE5_LOAD_ROUNDS", 6);
+    let rounds = env_usize("KOE5_LOAD_ROUNDS", 6).max(3);
     let mut admin = connect(None);
     let started: std::time::SystemTime = admin.query_one("SELECT pg_postmaster_start_time()", &[]).unwrap().get(0);
     let texts: Vec<String> = crate::tests::cases().iter().map(|c| c["text"].as_str().unwrap().to_owned()).collect();
@@ -322,6 +322,9 @@ fn a_hostile_search_path_does_not_redirect_koe5() {
          CREATE AGGREGATE evil.array_agg(tid) (SFUNC = evil.fake_agg, STYPE = tid[], FINALFUNC = evil.fake_final);
          CREATE FUNCTION evil.tideq(tid, tid) RETURNS boolean LANGUAGE sql AS 'SELECT evil.hijacked() = 0';
          CREATE OPERATOR evil.= (LEFTARG = tid, RIGHTARG = tid, FUNCTION = evil.tideq);
+         CREATE FUNCTION evil.clock_timestamp() RETURNS timestamptz LANGUAGE sql AS 'SELECT now() + evil.hijacked() * interval ''1s''';
+         CREATE FUNCTION evil.plus(bigint, bigint) RETURNS bigint LANGUAGE sql AS 'SELECT evil.hijacked()::bigint';
+         CREATE OPERATOR evil.+ (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = evil.plus);
          CREATE TABLE docs (id int PRIMARY KEY, body text, emb real[]);
          INSERT INTO docs SELECT g, '제' || g || '조' FROM generate_series(1, 30) g;",
     )
@@ -407,18 +410,4 @@ fn koe5_threads_caps_the_compute_threads() {
         })
         .count();
     assert_eq!(threads, 1);
-}
-
-/// kill -9 needs a server of its own (the whole server restarts): stress/faults.sh.
-/// Here: a cancelled load leaves the backend usable.
-#[test]
-fn a_cancelled_model_load_leaves_the_backend_usable() {
-    let mut c = connect(None);
-    c.batch_execute("SET statement_timeout = '1ms'").unwrap();
-    c.batch_execute(&format!("SET koe5.model_path = '{FIXTURES}/tiny-xlmr'")).unwrap();
-    let got = sqlstate_of(c.query_one("SELECT koe5_passage('늦다')", &[]).map(|_| ()));
-    assert!(got == "ok" || got.starts_with("57014"), "{got}");
-    c.batch_execute("SET statement_timeout = 0").unwrap();
-    let n: i32 = c.query_one("SELECT array_length(koe5_passage('이제 된다'), 1)", &[]).unwrap().get(0);
-    assert_eq!(n, 32);
 }

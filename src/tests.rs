@@ -665,7 +665,7 @@ mod tests {
             outcome("INSERT INTO trig_bad (id, body) VALUES (1, '헌법')")
         };
         let got = with("AFTER", "'body', 'emb'");
-        assert!(got.starts_with("09000: koe5_embed_trigger() must be fired BEFORE"), "{got}");
+        assert!(got.starts_with("39P01: koe5_embed_trigger() must be fired BEFORE"), "{got}");
         assert_eq!(with("BEFORE", "'body', 'n'"), "42804: column \"n\" of relation \"trig_bad\" is of type integer");
         assert_eq!(with("BEFORE", "'text', 'emb'"), "42703: column \"text\" of relation \"trig_bad\" does not exist");
         assert_eq!(with("BEFORE", "'body', 'emb', 'doc'"), "22023: invalid embedding kind \"doc\"");
@@ -1466,6 +1466,19 @@ pub(crate) mod client_tests {
              RESET ROLE;",
         )
         .unwrap();
+        // A writer adds entries, but cannot forge their ids or state.
+        db.batch_execute("SET ROLE koe5_writer").unwrap();
+        let forged = sqlstate_of(db.batch_execute(
+            "INSERT INTO koe5_queue (id, relid, row_key) VALUES (nextval('koe5_queue_id_seq') + 5, 'notes', '{1,k1}')",
+        ));
+        assert!(forged.starts_with("42501: new row violates row-level security policy"), "{forged}");
+        let forged = sqlstate_of(db.batch_execute(
+            "INSERT INTO koe5_queue (relid, row_key, next_attempt_at) VALUES ('notes', '{1,k1}', 'infinity')",
+        ));
+        assert!(forged.starts_with("42501"), "{forged}");
+        // ... and an entry with a key that is not one fails alone, later.
+        db.batch_execute("INSERT INTO koe5_queue (relid, row_key) VALUES ('notes', '{not-a-number,x}'); RESET ROLE")
+            .unwrap();
         // Another user can neither process, register, nor see the queue.
         db.batch_execute("SET ROLE koe5_bob").unwrap();
         let mut as_bob = |sql: &str| sqlstate_of(db.batch_execute(sql));
@@ -1480,9 +1493,11 @@ pub(crate) mod client_tests {
         assert_eq!(seen, 0);
         db.batch_execute("RESET ROLE; SET ROLE koe5_alice").unwrap();
         let pending: i64 = db.query_one("SELECT pending FROM koe5_queue_status", &[]).unwrap().get(0);
-        assert_eq!(pending, 21);
+        assert_eq!(pending, 22);
         let settled: i32 = db.query_one("SELECT koe5_process_queue()", &[]).unwrap().get(0);
-        assert_eq!(settled, 21);
+        assert_eq!(settled, 21, "21 rows embedded; the bad key is set aside");
+        let bad: String = db.query_one("SELECT last_error FROM koe5_queue_failures", &[]).unwrap().get(0);
+        assert!(bad.starts_with("invalid row key: invalid input syntax for type integer"), "{bad}");
         let worst: f32 = db
             .query_one("SELECT min(koe5_similarity(emb, koe5_passage(body))) FROM notes WHERE emb IS NOT NULL", &[])
             .unwrap()
@@ -1502,6 +1517,50 @@ pub(crate) mod client_tests {
             .unwrap()
             .get(0);
         assert!(same);
+        // A new key is queued under it (the old entry finds nothing); a writer whose
+        // DateStyle differs still names the row it wrote.
+        db.batch_execute(
+            "INSERT INTO notes VALUES (200, 'z', '새로 쓴 글');
+             UPDATE notes SET a = 201 WHERE a = 200;
+             CREATE TABLE dated (day date PRIMARY KEY, body text, emb real[]);
+             SELECT koe5_enqueue_table('dated', 'body', 'emb');
+             SET DateStyle = 'SQL, DMY';
+             INSERT INTO dated VALUES ('2026-03-04', '삼월 사일'), ('2026-04-03', '사월 삼일');
+             RESET DateStyle;
+             SELECT koe5_process_queue();",
+        )
+        .unwrap();
+        let moved: bool = db.query_one("SELECT emb IS NOT NULL FROM notes WHERE a = 201", &[]).unwrap().get(0);
+        assert!(moved);
+        let right: bool = db
+            .query_one(
+                "SELECT min(koe5_similarity(emb, koe5_passage(body))) >= 0.99999 AND count(emb) = 2 FROM dated",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(right, "each date row has its own text's embedding");
+        // A writer with a column grant only.
+        db.batch_execute(
+            "RESET ROLE;
+             DO $$ BEGIN CREATE ROLE koe5_column_writer; EXCEPTION WHEN duplicate_object THEN END $$;
+             SET ROLE koe5_alice;
+             GRANT SELECT, UPDATE (text_ko) ON notes TO koe5_column_writer;
+             RESET ROLE; SET ROLE koe5_column_writer;
+             UPDATE notes SET text_ko = '열 권한으로 바꾼 글' WHERE a = 3;
+             RESET ROLE; SET ROLE koe5_alice;
+             SELECT koe5_process_queue();",
+        )
+        .unwrap();
+        let updated: bool = db
+            .query_one(
+                "SELECT koe5_similarity(emb, koe5_passage('열 권한으로 바꾼 글')) >= 0.99999 FROM notes WHERE a = 3",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(updated);
+        db.batch_execute("DROP TABLE dated").unwrap();
         // A dropped table leaves nothing in the queue.
         db.batch_execute("INSERT INTO notes VALUES (99, 'z', '남는 글'); DROP TABLE notes; RESET ROLE").unwrap();
         let left: i64 = db

@@ -173,16 +173,20 @@ fn in_transaction<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe + std::panic
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
-    let out = PgTryBuilder::new(|| Some(f()))
-        .catch_others(|e| {
-            let message = match &e {
-                CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_owned(),
-                CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
-            };
-            warning!("koe5 worker: {message}");
-            None
-        })
-        .execute();
+    let out = PgTryBuilder::new(|| {
+        // The worker is a superuser: resolve nothing through the database's search_path.
+        Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)").ok()?;
+        Some(f())
+    })
+    .catch_others(|e| {
+        let message = match &e {
+            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_owned(),
+            CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
+        };
+        warning!("koe5 worker: {message}");
+        None
+    })
+    .execute();
     unsafe {
         match out {
             Some(_) => {
@@ -211,6 +215,12 @@ fn as_owner<T>(owner: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
         pg_sys::RestrictSearchPath();
         nest
     };
+    // A row or table lock held by a long transaction must not stall every table:
+    // past the timeout the batch fails, is logged, and the table waits its turn.
+    let _ = Spi::run(
+        "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true),
+                pg_catalog.set_config('lock_timeout', '5s', true)",
+    );
     let out = f();
     unsafe {
         pg_sys::AtEOXact_GUC(false, nest);

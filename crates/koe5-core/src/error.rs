@@ -21,6 +21,8 @@ pub enum ErrorKind {
     NoModel,
     /// The caller passed something unusable (22023).
     InvalidInput,
+    /// Memory for the model or a computation could not be had (53200).
+    OutOfMemory,
     /// Inference itself failed (an allocation or tensor error) (53000 for memory, else 58000).
     Inference,
     /// Downloading from the Hugging Face Hub failed (58000).

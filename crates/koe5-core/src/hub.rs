@@ -58,7 +58,7 @@ pub fn find_cached(cache: &Path, model_id: &str) -> Result<PathBuf> {
                 repo.display()
             ))
             .with_hint(
-                "Set \"koe5.model_path\" to a sentence-transformers model directory, or run SELECT koe5_download() as a superuser where the network allows.",
+                "Set \"koe5.model_path\" to a sentence-transformers model directory, or run SELECT koe5_download() (superusers, or roles granted EXECUTE on it) where the network allows.",
             )
     };
     let commit = std::fs::read_to_string(repo.join("refs").join("main")).map_err(|_| not_found())?;

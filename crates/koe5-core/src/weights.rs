@@ -16,13 +16,13 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("safetensors data is little-endian; koe5 reads it as native numbers");
 
-/// Largest header koe5 accepts (the format's own limit is 100 MB).
-const MAX_HEADER: u64 = 100 << 20;
+/// Largest header koe5 accepts (the format allows 100 MB; KoE5's is 30 KB).
+const MAX_HEADER: u64 = 16 << 20;
 
 #[derive(Deserialize)]
 struct Entry {
@@ -31,7 +31,25 @@ struct Entry {
     data_offsets: [u64; 2],
 }
 
+/// A buffer of `count` zeroed values, or an out-of-memory error instead of the abort
+/// that a failed `vec!` would be.
+fn zeroed<T: Copy + Default>(count: usize, path: &Path) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(count).map_err(|_| {
+        Error::new(
+            ErrorKind::OutOfMemory,
+            format!("out of memory reading \"{}\": {count} values of {} bytes", path.display(), size_of::<T>()),
+        )
+    })?;
+    v.resize(count, T::default());
+    Ok(v)
+}
+
 /// Every tensor of the file as f32 on the CPU, by name. `interrupt` runs between tensors.
+///
+/// The header is checked before anything large is allocated: sizes must match types
+/// and shapes (without overflow), and the tensors must tile the data section exactly,
+/// in order, without gaps or overlaps, as the format requires.
 pub fn read_f32(path: &Path, interrupt: &mut dyn FnMut()) -> Result<HashMap<String, Tensor>> {
     let bad = |reason: String| Error::weights(path, reason);
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
@@ -39,38 +57,55 @@ pub fn read_f32(path: &Path, interrupt: &mut dyn FnMut()) -> Result<HashMap<Stri
     let mut len = [0u8; 8];
     file.read_exact_at(&mut len, 0).map_err(|e| bad(format!("cannot read the header length: {e}")))?;
     let header_len = u64::from_le_bytes(len);
-    if header_len > MAX_HEADER || 8 + header_len > size {
+    if header_len > MAX_HEADER || header_len.saturating_add(8) > size {
         return Err(bad(format!("header length {header_len} does not fit a file of {size} bytes")));
     }
     let mut header = vec![0u8; header_len as usize];
     file.read_exact_at(&mut header, 8).map_err(|e| bad(format!("cannot read the header: {e}")))?;
-    let mut entries: HashMap<String, serde_json::Value> =
+    let mut raw: HashMap<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| bad(format!("invalid header: {e}")))?;
-    entries.remove("__metadata__");
+    raw.remove("__metadata__");
     let data_start = 8 + header_len;
-    let mut tensors = HashMap::with_capacity(entries.len());
-    for (name, value) in entries {
-        interrupt();
+    let mut entries = Vec::with_capacity(raw.len());
+    for (name, value) in raw {
         let e: Entry = serde_json::from_value(value).map_err(|err| bad(format!("tensor \"{name}\": {err}")))?;
-        let [begin, end] = e.data_offsets;
-        let count: usize = e.shape.iter().product();
-        let width = match e.dtype.as_str() {
+        let width: u64 = match e.dtype.as_str() {
             "F32" => 4,
             "F16" | "BF16" => 2,
             other => return Err(bad(format!("tensor \"{name}\" has unsupported type {other}"))),
         };
-        if end < begin || end - begin != (count * width) as u64 || data_start + end > size {
-            return Err(bad(format!("tensor \"{name}\" does not fit its place in the file ({size} bytes)")));
+        let count = e.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        let bytes = count.and_then(|c| u64::try_from(c).ok()?.checked_mul(width));
+        let [begin, end] = e.data_offsets;
+        if bytes != end.checked_sub(begin) {
+            return Err(bad(format!("tensor \"{name}\": its size does not match its type and shape")));
         }
-        let at = data_start + begin;
+        entries.push((name, e, count.unwrap_or(0)));
+    }
+    entries.sort_by_key(|(_, e, _)| e.data_offsets);
+    let mut next = 0u64;
+    for (name, e, _) in &entries {
+        if e.data_offsets[0] != next {
+            return Err(bad(format!("tensor \"{name}\" does not start where the previous one ends")));
+        }
+        next = e.data_offsets[1];
+    }
+    if data_start.checked_add(next) != Some(size) {
+        return Err(bad(format!("the tensors fill {next} bytes of a data section of {} bytes", size - data_start)));
+    }
+
+    let mut tensors = HashMap::with_capacity(entries.len());
+    for (name, e, count) in entries {
+        interrupt();
+        let at = data_start + e.data_offsets[0];
         let read = |buf: &mut [u8]| file.read_exact_at(buf, at).map_err(|err| bad(format!("tensor \"{name}\": {err}")));
-        let tensor = if width == 4 {
-            let mut v = vec![0f32; count];
+        let tensor = if e.dtype == "F32" {
+            let mut v: Vec<f32> = zeroed(count, path)?;
             // SAFETY: any bit pattern is a valid f32; the slice covers exactly `v`.
             read(unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), count * 4) })?;
             Tensor::from_vec(v, e.shape, &Device::Cpu)
         } else {
-            let mut v = vec![0u16; count];
+            let mut v: Vec<u16> = zeroed(count, path)?;
             // SAFETY: as above, for u16.
             read(unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), count * 2) })?;
             let dtype = if e.dtype == "F16" { DType::F16 } else { DType::BF16 };
@@ -79,7 +114,9 @@ pub fn read_f32(path: &Path, interrupt: &mut dyn FnMut()) -> Result<HashMap<Stri
             Tensor::from_raw_buffer(bytes, dtype, &e.shape, &Device::Cpu).and_then(|t| t.to_dtype(DType::F32))
         }
         .map_err(|err| bad(format!("tensor \"{name}\": {err}")))?;
-        tensors.insert(name, tensor);
+        if tensors.insert(name.clone(), tensor).is_some() {
+            return Err(bad(format!("tensor \"{name}\" appears twice")));
+        }
     }
     Ok(tensors)
 }
@@ -107,6 +144,20 @@ mod tests {
         bad[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
         std::fs::write(&cut, &bad).unwrap();
         assert!(read_f32(&cut, &mut || {}).is_err());
+        // Crafted headers: overflowing shapes, overlapping tensors, huge offsets.
+        for header in [
+            r#"{"a":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,0]}}"#,
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[18446744073709551612,18446744073709551615]}}"#,
+            r#"{"a":{"dtype":"F32","shape":[1000000000],"data_offsets":[0,4000000000]}}"#,
+        ] {
+            let mut file = (header.len() as u64).to_le_bytes().to_vec();
+            file.extend_from_slice(header.as_bytes());
+            file.extend_from_slice(&[0u8; 8]);
+            std::fs::write(&cut, &file).unwrap();
+            let err = read_f32(&cut, &mut || {}).err().unwrap_or_else(|| panic!("{header} loaded"));
+            assert!(err.message.starts_with("could not load weights from"), "{header}: {}", err.message);
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
