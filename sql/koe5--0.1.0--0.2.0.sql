@@ -163,6 +163,18 @@ CREATE FUNCTION koe5__owns(rel regclass) RETURNS boolean
     SET search_path = pg_catalog, pg_temp
     RETURN coalesce((SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = rel), false);
 
+CREATE FUNCTION koe5__require_owner(rel regclass) RETURNS void
+    STABLE LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT @extschema@.koe5__owns(rel) THEN
+        RAISE EXCEPTION 'must be owner of table %', @extschema@.koe5__relname(rel)
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$$;
+
 -- Backfill ---------------------------------------------------------------------
 
 -- One row per koe5_backfill() call. Committed with every batch, so other sessions
@@ -539,10 +551,7 @@ BEGIN
         RAISE EXCEPTION 'koe5_enqueue_table() does not support partitioned tables'
             USING ERRCODE = 'feature_not_supported', HINT = 'Register each partition.';
     END IF;
-    IF NOT @extschema@.koe5__owns(tbl) THEN
-        RAISE EXCEPTION 'must be owner of table %', @extschema@.koe5__relname(tbl)
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
+    PERFORM @extschema@.koe5__require_owner(tbl);
     key := @extschema@.koe5__key_columns(tbl);
     IF key.names IS NULL THEN
         RAISE EXCEPTION 'relation "%" has no primary key', @extschema@.koe5__relname(tbl)
@@ -576,10 +585,7 @@ CREATE FUNCTION koe5_dequeue_table(tbl regclass) RETURNS void
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT @extschema@.koe5__owns(tbl) THEN
-        RAISE EXCEPTION 'must be owner of table %', @extschema@.koe5__relname(tbl)
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
+    PERFORM @extschema@.koe5__require_owner(tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS koe5_enqueue ON %s', tbl);
     DELETE FROM @extschema@.koe5_queue WHERE relid = tbl;
     DELETE FROM @extschema@.koe5_queued_tables WHERE relid = tbl;
@@ -773,10 +779,7 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
-    IF NOT @extschema@.koe5__owns(tbl) THEN
-        RAISE EXCEPTION 'must be owner of table %', @extschema@.koe5__relname(tbl)
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
+    PERFORM @extschema@.koe5__require_owner(tbl);
     UPDATE @extschema@.koe5_queue
         SET attempts = 0, failed_at = NULL, next_attempt_at = '-infinity'
         WHERE relid = tbl AND failed_at IS NOT NULL;

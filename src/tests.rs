@@ -653,6 +653,34 @@ mod tests {
     }
 
     #[pg_test]
+    fn array_arguments_at_their_edges() {
+        use_fixture("tiny-xlmr");
+        let rows = |sql: &str| Spi::get_one::<i64>(&format!("SELECT count(*) FROM {sql}")).unwrap().unwrap();
+        for f in ["koe5_passage", "koe5_query"] {
+            assert_eq!(rows(&format!("{f}(NULL::text[])")), 0, "{f}: NULL array");
+            assert_eq!(rows(&format!("{f}('{{}}'::text[])")), 0, "{f}: empty array");
+            assert_eq!(rows(&format!("{f}(ARRAY[NULL, NULL]::text[]) e WHERE e IS NULL")), 2, "{f}: NULL elements");
+            assert_eq!(
+                outcome(&format!("SELECT count(*) FROM {f}(ARRAY[['가', '나'], ['다', '라']])")),
+                "22000: array must be one-dimensional"
+            );
+        }
+        // koe5_similarity: documented results and errors for every odd array.
+        assert_eq!(Spi::get_one::<f32>("SELECT koe5_similarity(NULL, '{1}')").unwrap(), None);
+        for (args, want) in [
+            ("'{}', '{}'", "22000: cannot compute the similarity of empty arrays"),
+            ("'{1,NULL}', '{1,2}'", "22004: array must not contain nulls"),
+            ("'{{1,2},{3,4}}', '{1,2,3,4}'", "22000: array must be one-dimensional"),
+            ("'{1,NaN}', '{1,2}'", "22000: array must not contain NaN or infinity"),
+            ("'{1,Infinity}', '{1,2}'", "22000: array must not contain NaN or infinity"),
+            ("'{0,0}', '{1,2}'", "22012: cannot compute the cosine similarity of a zero vector"),
+            ("'{1,2,3}', '{1,2}'", "22000: different vector dimensions 3 and 2"),
+        ] {
+            assert_eq!(outcome(&format!("SELECT koe5_similarity({args})")), want, "{args}");
+        }
+    }
+
+    #[pg_test]
     fn embed_trigger_misuse_is_a_clear_error() {
         use_fixture("tiny-xlmr");
         Spi::run("CREATE TABLE trig_bad (id int, body text, n int, emb real[])").unwrap();
