@@ -66,7 +66,9 @@ fn cases() -> u32 {
 }
 
 fn run<S: Strategy>(name: &str, strategy: S, text: impl Fn(S::Value) -> String) {
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases()));
+    // Failures are reported with their input; nothing is written beside the sources.
+    let config = ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
     let before = RUNS.load(Ordering::Relaxed);
     runner
         .run(&strategy, |value| {
