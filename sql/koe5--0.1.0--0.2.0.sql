@@ -381,9 +381,11 @@ BEGIN
             END IF;
             IF clock_timestamp() - last_notice >= interval '5 seconds' THEN
                 last_notice := clock_timestamp();
-                RAISE NOTICE 'koe5_backfill: % of % rows (% %%), % rows/s',
+                RAISE NOTICE 'koe5_backfill: % of % rows (% %%), % rows/s, about % s left',
                     done, total, round(100.0 * done / GREATEST(total, 1), 1),
-                    round((done / GREATEST(extract(epoch FROM last_notice - started), 0.001))::numeric, 1);
+                    round((done / GREATEST(extract(epoch FROM last_notice - started), 0.001))::numeric, 1),
+                    round((GREATEST(total - done - failed, 0) * extract(epoch FROM last_notice - started)
+                           / GREATEST(done, 1))::numeric);
             END IF;
         END LOOP;
     END LOOP;

@@ -4,7 +4,7 @@
 #
 #   stress/run.sh            all of it (about 5 minutes; the full-size part needs
 #                            /opt/koe5/full-size or the reference Python environment)
-#   stress/run.sh quick      the fixture-model parts only (1-3)
+#   stress/run.sh quick      the fixture-model parts only (1-3, 5)
 #   stress/run.sh full-size  the full-size part only (4)
 #
 # 1. pgbench: 16 clients, mixed single, batch and similarity calls; 0 failures, no
@@ -15,6 +15,8 @@
 #    the backend (VmHWM) and that it is still alive.
 # 4. Full-size model (random weights, KoE5's shape): pg_cancel_backend and
 #    statement_timeout latency during a long batch.
+# 5. The background worker: 3,000 queued rows, the server restarted (fast) while it
+#    works; after the restart it finishes them all.
 # Needs root (runs the server as "postgres"), scripts/setup.sh done, koe5 installed into
 # PostgreSQL 18 (scripts/test.sh pg18 or scripts/demo.sh does that).
 set -euo pipefail
@@ -124,6 +126,29 @@ say "batch of 100,000 texts in $(sub "$t2" "$t1") s; backend peak RSS +$((batch_
 crashed=$(grep -c "terminated by signal" "$DATA/server.log" || true)
 [ "$crashed" = 1 ] || { echo "unexpected crashes in the log: $crashed (1 expected: the kill -9)"; exit 1; }
 
+    echo "==> 5. background worker across a server restart"
+    cat >> "$DATA/postgresql.conf" <<CONF
+shared_preload_libraries = 'koe5'
+koe5.worker_enabled = on
+koe5.worker_database = 'postgres'
+koe5.worker_naptime = 200
+CONF
+    as_pg "$BIN/pg_ctl" -D "$DATA" -l "$DATA/server.log" -w restart -m fast >/dev/null
+    psql -d postgres -c "CREATE TABLE queued (id int PRIMARY KEY, body text, emb real[])" \
+         -c "SELECT koe5_enqueue_table('queued', 'body', 'emb')" \
+         -c "INSERT INTO queued SELECT g, '제' || g || '조 ' || repeat('국민의 권리 ', g % 31) FROM generate_series(1, 3000) g"
+    sleep 1
+    before=$(psql -d postgres -tA -c "SELECT count(emb) FROM queued")
+    as_pg "$BIN/pg_ctl" -D "$DATA" -l "$DATA/server.log" -w restart -m fast >/dev/null
+    t0=$(now)
+    for _ in $(seq 1200); do
+        pending=$(psql -d postgres -tA -c "SELECT pending FROM koe5_queue_status" 2>/dev/null || echo x)
+        [ "$pending" = 0 ] && break
+        sleep 0.25
+    done
+    after=$(psql -d postgres -tA -c "SELECT count(emb) FROM queued")
+    [ "$pending" = 0 ] && [ "$after" = 3000 ] || { echo "after the restart: pending $pending, embedded $after"; exit 1; }
+    say "worker: 3,000 queued rows, $before embedded when the server was restarted (fast); the rest ($((3000 - before))) embedded $(sub "$(now)" "$t0") s after it came back; pending 0"
 fi
 
 if [ "$mode" != quick ]; then
