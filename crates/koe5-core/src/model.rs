@@ -5,14 +5,29 @@
 //! PostgreSQL's cancel and statement_timeout reach a long batch.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use crate::config::{Activation, EncoderConfig};
 
 type CResult<T> = candle_core::Result<T>;
 
-fn linear(vb: VarBuilder, inp: usize, out: usize) -> CResult<Linear> {
-    candle_nn::linear(inp, out, vb)
+/// A dense layer whose weight is stored transposed (`in × out`, contiguous), so every
+/// forward pass multiplies by it as it lies in memory.
+struct Dense {
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    }
+}
+
+fn linear(vb: VarBuilder, inp: usize, out: usize) -> CResult<Dense> {
+    let weight = vb.get((out, inp), "weight")?;
+    let bias = vb.get(out, "bias")?;
+    Ok(Dense { weight_t: weight.t()?.contiguous()?, bias })
 }
 
 fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> CResult<LayerNorm> {
@@ -65,13 +80,13 @@ impl Embeddings {
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attn_out: Linear,
+    query: Dense,
+    key: Dense,
+    value: Dense,
+    attn_out: Dense,
     attn_norm: LayerNorm,
-    inter: Linear,
-    out: Linear,
+    inter: Dense,
+    out: Dense,
     out_norm: LayerNorm,
     heads: usize,
     head_dim: usize,
