@@ -135,8 +135,11 @@ fn embed_due_batches(resting: &mut HashMap<u32, Instant>) -> bool {
 fn due_tables() -> Option<(String, Vec<(pg_sys::Oid, pg_sys::Oid)>)> {
     let schema = Spi::connect(|c| {
         c.select(
+            // (an older koe5 without the queue counts as not installed)
             "SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e
-             JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'koe5'",
+             JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+             WHERE e.extname = 'koe5'
+               AND pg_catalog.to_regclass(pg_catalog.quote_ident(n.nspname) || '.koe5_queued_tables') IS NOT NULL",
             None,
             &[],
         )
