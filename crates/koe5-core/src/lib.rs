@@ -60,7 +60,7 @@ impl Embedder {
         // model: its size and modification time must not change during the load.
         let before = file_stamp(&spec.weights)?;
         let encoder = {
-            let tensors = weights::read_f32(&spec.weights, interrupt)?;
+            let tensors = weights::read_f32(&spec.weights, &model::stored_transposed, interrupt)?;
             let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
             model::Encoder::new(&spec.encoder, spec.activation, vb).map_err(|e| Error::weights(&spec.weights, e))?
         };

@@ -11,6 +11,12 @@ use crate::config::{Activation, EncoderConfig};
 
 type CResult<T> = candle_core::Result<T>;
 
+/// Whether a checkpoint tensor is a dense layer's weight, which the encoder keeps
+/// transposed (the weights reader transposes it as it reads).
+pub fn stored_transposed(name: &str) -> bool {
+    [".query.weight", ".key.weight", ".value.weight", ".dense.weight"].iter().any(|s| name.ends_with(s))
+}
+
 /// A dense layer whose weight is stored transposed (`in × out`, contiguous), so every
 /// forward pass multiplies by it as it lies in memory.
 struct Dense {
@@ -25,9 +31,10 @@ impl Dense {
 }
 
 fn linear(vb: VarBuilder, inp: usize, out: usize) -> CResult<Dense> {
-    let weight = vb.get((out, inp), "weight")?;
+    // Read transposed already: see `stored_transposed`.
+    let weight_t = vb.get((inp, out), "weight")?;
     let bias = vb.get(out, "bias")?;
-    Ok(Dense { weight_t: weight.t()?.contiguous()?, bias })
+    Ok(Dense { weight_t, bias })
 }
 
 fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> CResult<LayerNorm> {

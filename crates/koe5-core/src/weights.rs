@@ -45,12 +45,18 @@ fn zeroed<T: Copy + Default>(count: usize, path: &Path) -> Result<Vec<T>> {
     Ok(v)
 }
 
-/// Every tensor of the file as f32 on the CPU, by name. `interrupt` runs between tensors.
+/// Every tensor of the file as f32 on the CPU, by name, with the 2-D tensors for which
+/// `transposed(name)` holds stored transposed (each one as it is read, so loading never
+/// holds two copies of the model). `interrupt` runs between tensors.
 ///
 /// The header is checked before anything large is allocated: sizes must match types
 /// and shapes (without overflow), and the tensors must tile the data section exactly,
 /// in order, without gaps or overlaps, as the format requires.
-pub fn read_f32(path: &Path, interrupt: &mut dyn FnMut()) -> Result<HashMap<String, Tensor>> {
+pub fn read_f32(
+    path: &Path,
+    transposed: &dyn Fn(&str) -> bool,
+    interrupt: &mut dyn FnMut(),
+) -> Result<HashMap<String, Tensor>> {
     let bad = |reason: String| Error::weights(path, reason);
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
@@ -113,6 +119,7 @@ pub fn read_f32(path: &Path, interrupt: &mut dyn FnMut()) -> Result<HashMap<Stri
             let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), count * 2) };
             Tensor::from_raw_buffer(bytes, dtype, &e.shape, &Device::Cpu).and_then(|t| t.to_dtype(DType::F32))
         }
+        .and_then(|t| if t.rank() == 2 && transposed(&name) { t.t()?.contiguous() } else { Ok(t) })
         .map_err(|err| bad(format!("tensor \"{name}\": {err}")))?;
         if tensors.insert(name.clone(), tensor).is_some() {
             return Err(bad(format!("tensor \"{name}\" appears twice")));
@@ -129,21 +136,22 @@ mod tests {
     fn a_file_cut_anywhere_is_an_error_not_a_fault() {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-xlmr/model.safetensors");
         let bytes = std::fs::read(&fixture).unwrap();
-        let whole = read_f32(&fixture, &mut || {}).unwrap();
+        let whole = read_f32(&fixture, &|_| false, &mut || {}).unwrap();
         assert!(whole.len() > 10);
         let dir = std::env::temp_dir().join(format!("koe5-weights-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cut = dir.join("model.safetensors");
         for len in [0, 5, 8, 9, 200, bytes.len() / 2, bytes.len() - 1] {
             std::fs::write(&cut, &bytes[..len]).unwrap();
-            let err = read_f32(&cut, &mut || {}).err().unwrap_or_else(|| panic!("cut at {len} bytes loaded"));
+            let err =
+                read_f32(&cut, &|_| false, &mut || {}).err().unwrap_or_else(|| panic!("cut at {len} bytes loaded"));
             assert!(err.message.starts_with("could not load weights from"), "{len}: {}", err.message);
         }
         // A header that claims more than the file holds.
         let mut bad = bytes.clone();
         bad[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
         std::fs::write(&cut, &bad).unwrap();
-        assert!(read_f32(&cut, &mut || {}).is_err());
+        assert!(read_f32(&cut, &|_| false, &mut || {}).is_err());
         // Crafted headers: overflowing shapes, overlapping tensors, huge offsets.
         for header in [
             r#"{"a":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,0]}}"#,
@@ -155,7 +163,7 @@ mod tests {
             file.extend_from_slice(header.as_bytes());
             file.extend_from_slice(&[0u8; 8]);
             std::fs::write(&cut, &file).unwrap();
-            let err = read_f32(&cut, &mut || {}).err().unwrap_or_else(|| panic!("{header} loaded"));
+            let err = read_f32(&cut, &|_| false, &mut || {}).err().unwrap_or_else(|| panic!("{header} loaded"));
             assert!(err.message.starts_with("could not load weights from"), "{header}: {}", err.message);
         }
         std::fs::remove_dir_all(&dir).unwrap();
