@@ -6,21 +6,14 @@ use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use crate::tests::client_tests::{connect, figure, fresh_database, sqlstate_of};
-use crate::tests::FIXTURES;
+use crate::tests::{proc_kb, FIXTURES};
 
 const CONSTITUTION: &str = include_str!("../data/ko/constitution.txt");
 
 /// Resident and proportional set size of a process, in KiB.
 fn rss_pss_kb(pid: i32) -> (i64, i64) {
-    let field = |text: &str, name: &str| -> i64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(-1)
-    };
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    (field(&rollup, "Rss:"), field(&rollup, "Pss:"))
+    let field = |name| proc_kb(&pid.to_string(), "smaps_rollup", name).unwrap_or(-1);
+    (field("Rss:"), field("Pss:"))
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -266,10 +259,7 @@ fn huge_texts_and_batches_run_in_bounded_memory() {
     c.batch_execute(&format!("SET koe5.model_path = '{FIXTURES}/tiny-xlmr'")).unwrap();
     c.query_one("SELECT koe5_passage('warm up')", &[]).unwrap();
     let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-    let hwm = |pid: i32| -> i64 {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        s.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
-    };
+    let hwm = |pid: i32| proc_kb(&pid.to_string(), "status", "VmHWM:").unwrap();
     let base = hwm(pid);
     let start = Instant::now();
     let n: i32 = c

@@ -31,6 +31,12 @@ pub(crate) fn assert_close(name: &str, got: &[f32], want: &[f32]) -> (f32, f32) 
     (cos, diff)
 }
 
+/// A `Name: value kB` field of a file in /proc/PROCESS/ (`self` or a pid), in KiB.
+pub(crate) fn proc_kb(process: &str, file: &str, field: &str) -> Option<i64> {
+    let text = std::fs::read_to_string(format!("/proc/{process}/{file}")).ok()?;
+    text.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
@@ -241,9 +247,7 @@ mod tests {
     }
 
     fn vm_hwm_kb() -> i64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        proc_kb("self", "status", "VmHWM:").unwrap()
     }
 
     #[pg_test]
@@ -677,6 +681,41 @@ mod tests {
             ("'{1,2,3}', '{1,2}'", "22000: different vector dimensions 3 and 2"),
         ] {
             assert_eq!(outcome(&format!("SELECT koe5_similarity({args})")), want, "{args}");
+        }
+    }
+
+    #[pg_test]
+    fn queue_and_backfill_refuse_what_they_cannot_do() {
+        use_fixture("tiny-xlmr");
+        Spi::run(
+            "CREATE TABLE nopk (body text, emb real[]);
+             CREATE TABLE parted_q (id int PRIMARY KEY, body text, emb real[]) PARTITION BY RANGE (id);
+             CREATE TEMP TABLE temp_q (id int PRIMARY KEY, body text, emb real[]);
+             CREATE VIEW nopk_view AS SELECT * FROM nopk;",
+        )
+        .unwrap();
+        for (sql, want) in [
+            ("SELECT koe5_enqueue_table('nopk', 'body', 'emb')", "55000: relation \"nopk\" has no primary key"),
+            (
+                "SELECT koe5_enqueue_table('parted_q', 'body', 'emb')",
+                "0A000: koe5_enqueue_table() does not support partitioned tables",
+            ),
+            (
+                "SELECT koe5_enqueue_table('temp_q', 'body', 'emb')",
+                "0A000: koe5_enqueue_table() does not support temporary tables",
+            ),
+            ("SELECT koe5_enqueue_table('nopk', 'body', 'emb', 'doc')", "22023: invalid embedding kind \"doc\""),
+            (
+                "SELECT koe5_process_queue_table('nopk')",
+                "55000: relation \"nopk\" is not registered with koe5_enqueue_table()",
+            ),
+            ("SELECT koe5_process_queue_table('nopk', 0)", "22023: max_rows must be at least 1"),
+            (
+                "CALL koe5_backfill('nopk_view', 'body', 'emb')",
+                "42809: koe5_backfill() cannot embed rows of \"nopk_view\"",
+            ),
+        ] {
+            assert_eq!(outcome(sql), want, "{sql}");
         }
     }
 
