@@ -135,7 +135,7 @@ pub fn model() -> Result<Rc<Loaded>> {
     // Free the old weights before reading new ones.
     MODEL.with(|m| m.borrow_mut().take());
     start_threads();
-    let embedder = Embedder::load_with(&dir, &mut check_interrupts)?;
+    let embedder = Embedder::load_with(&dir, koe5_core::Precision::F32, &mut check_interrupts)?;
     let loaded = Rc::new(Loaded { dir, embedder, loaded_at: SystemTime::now(), queries: RefCell::default() });
     MODEL.with(|m| *m.borrow_mut() = Some(loaded.clone()));
     Ok(loaded)

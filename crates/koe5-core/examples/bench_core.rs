@@ -3,11 +3,11 @@
 //! timings; with a third argument, writes the passage vectors there (f32, little-endian,
 //! row after row) for the accuracy check.
 //!
-//!   cargo run --release -p koe5-core --example bench_core -- MODEL_DIR bench/corpus.json [VECTORS.f32]
+//!   KOE5_PRECISION=f32|bf16 cargo run --release -p koe5-core --example bench_core -- MODEL_DIR bench/corpus.json [VECTORS.f32]
 
 use std::time::Instant;
 
-use koe5_core::{Embedder, Kind};
+use koe5_core::{Embedder, Kind, Precision};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -26,7 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tokens: u64 = corpus["passage_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).sum();
 
     let t = Instant::now();
-    let e = Embedder::load(dir.as_ref())?;
+    let precision = std::env::var("KOE5_PRECISION").unwrap_or_else(|_| "f32".into());
+    let precision = Precision::parse(&precision).ok_or("KOE5_PRECISION is f32, bf16 or auto")?;
+    let e = Embedder::load_with(dir.as_ref(), precision, &mut || {})?;
     let load_s = t.elapsed().as_secs_f64();
     // Warm-up: one of each, so the thread pool and allocator are ready.
     e.embed_one(Kind::Query, &queries[0], &mut || {})?;
@@ -66,6 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "query_p50_ms": percentile(&latencies, 0.5) * 1e3,
             "query_p95_ms": percentile(&latencies, 0.95) * 1e3,
             "threads": threads,
+            "precision": precision.name(),
         })
     );
     Ok(())

@@ -4,10 +4,12 @@
 //! caller's job. Between layers it calls the caller's interrupt hook, which is how
 //! PostgreSQL's cancel and statement_timeout reach a long batch.
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Storage, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use crate::config::{Activation, EncoderConfig};
+use crate::kernels::{self, Epilogue, PackedBf16};
+use crate::Precision;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -17,24 +19,63 @@ pub fn stored_transposed(name: &str) -> bool {
     [".query.weight", ".key.weight", ".value.weight", ".dense.weight"].iter().any(|s| name.ends_with(s))
 }
 
-/// A dense layer whose weight is stored transposed (`in × out`, contiguous), so every
-/// forward pass multiplies by it as it lies in memory.
+/// A dense layer whose weight is stored transposed (`in × out`): contiguous f32, so
+/// every forward pass multiplies by it as it lies in memory, or packed bf16 for
+/// [`kernels::matmul`].
 struct Dense {
-    weight_t: Tensor,
+    weight: Weight,
     bias: Tensor,
+}
+
+enum Weight {
+    F32(Tensor),
+    Bf16 { packed: PackedBf16, bias: Vec<f32>, fast: bool },
 }
 
 impl Dense {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+        self.forward_with(x, Epilogue::Bias)
+    }
+
+    /// `x · W + b`, then the epilogue's activation (bf16 weights only: the caller
+    /// applies it to f32 layers, see `Layer::forward`).
+    fn forward_with(&self, x: &Tensor, epilogue: Epilogue) -> CResult<Tensor> {
+        match &self.weight {
+            Weight::F32(w) => x.matmul(w)?.broadcast_add(&self.bias),
+            Weight::Bf16 { packed, bias, fast } => {
+                let rows = x.dim(0)?;
+                let out = with_f32_slice(x, |xs| kernels::matmul(xs, rows, packed, bias, epilogue, *fast))?;
+                Tensor::from_vec(out, (rows, packed.n), x.device())
+            }
+        }
     }
 }
 
-fn linear(vb: VarBuilder, inp: usize, out: usize) -> CResult<Dense> {
+/// Calls `f` with the values of a contiguous f32 CPU tensor, without copying them.
+fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> CResult<T> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => {
+            let all = cpu.as_slice::<f32>()?;
+            Ok(f(&all[layout.start_offset()..layout.start_offset() + layout.shape().elem_count()]))
+        }
+        _ => candle_core::bail!("koe5 computes on the CPU"),
+    }
+}
+
+fn linear(vb: VarBuilder, inp: usize, out: usize, precision: Precision) -> CResult<Dense> {
     // Read transposed already: see `stored_transposed`.
     let weight_t = vb.get((inp, out), "weight")?;
     let bias = vb.get(out, "bias")?;
-    Ok(Dense { weight_t, bias })
+    let weight = match precision {
+        Precision::F32 => Weight::F32(weight_t),
+        Precision::Bf16 => {
+            let packed = with_f32_slice(&weight_t, |w| PackedBf16::pack(w, inp, out))?;
+            Weight::Bf16 { packed, bias: bias.to_vec1()?, fast: kernels::has_avx512_bf16() }
+        }
+    };
+    Ok(Dense { weight, bias })
 }
 
 fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> CResult<LayerNorm> {
@@ -101,18 +142,18 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(cfg: &EncoderConfig, activation: Activation, vb: VarBuilder) -> CResult<Self> {
+    fn new(cfg: &EncoderConfig, activation: Activation, precision: Precision, vb: VarBuilder) -> CResult<Self> {
         let h = cfg.hidden_size;
         let att = vb.pp("attention");
         let sel = att.pp("self");
         Ok(Layer {
-            query: linear(sel.pp("query"), h, h)?,
-            key: linear(sel.pp("key"), h, h)?,
-            value: linear(sel.pp("value"), h, h)?,
-            attn_out: linear(att.pp("output").pp("dense"), h, h)?,
+            query: linear(sel.pp("query"), h, h, precision)?,
+            key: linear(sel.pp("key"), h, h, precision)?,
+            value: linear(sel.pp("value"), h, h, precision)?,
+            attn_out: linear(att.pp("output").pp("dense"), h, h, precision)?,
             attn_norm: layer_norm(att.pp("output").pp("LayerNorm"), h, cfg.layer_norm_eps)?,
-            inter: linear(vb.pp("intermediate").pp("dense"), h, cfg.intermediate_size)?,
-            out: linear(vb.pp("output").pp("dense"), cfg.intermediate_size, h)?,
+            inter: linear(vb.pp("intermediate").pp("dense"), h, cfg.intermediate_size, precision)?,
+            out: linear(vb.pp("output").pp("dense"), cfg.intermediate_size, h, precision)?,
             out_norm: layer_norm(vb.pp("output").pp("LayerNorm"), h, cfg.layer_norm_eps)?,
             heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
@@ -146,10 +187,10 @@ impl Layer {
             probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * seq, self.heads * self.head_dim))?;
         let attn = self.attn_norm.forward(&(self.attn_out.forward(&ctx)? + x)?)?;
         interrupt();
-        let inter = self.inter.forward(&attn)?;
-        let inter = match self.activation {
-            Activation::GeluErf => inter.gelu_erf()?,
-            Activation::GeluTanh => inter.gelu()?,
+        let inter = match (self.activation, &self.inter.weight) {
+            (Activation::GeluErf, Weight::Bf16 { .. }) => self.inter.forward_with(&attn, Epilogue::BiasGelu)?,
+            (Activation::GeluErf, _) => self.inter.forward(&attn)?.gelu_erf()?,
+            (Activation::GeluTanh, _) => self.inter.forward(&attn)?.gelu()?,
         };
         interrupt();
         self.out_norm.forward(&(self.out.forward(&inter)? + attn)?)
@@ -164,7 +205,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn new(cfg: &EncoderConfig, activation: Activation, vb: VarBuilder) -> CResult<Self> {
+    pub fn new(cfg: &EncoderConfig, activation: Activation, precision: Precision, vb: VarBuilder) -> CResult<Self> {
         // Checkpoints saved from a task model carry a "roberta." prefix.
         let vb = if vb.contains_tensor("embeddings.word_embeddings.weight") {
             vb
@@ -175,7 +216,7 @@ impl Encoder {
         };
         let embeddings = Embeddings::new(cfg, vb.pp("embeddings"))?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::new(cfg, activation, vb.pp(format!("encoder.layer.{i}"))))
+            .map(|i| Layer::new(cfg, activation, precision, vb.pp(format!("encoder.layer.{i}"))))
             .collect::<CResult<Vec<_>>>()?;
         Ok(Encoder { embeddings, layers, hidden: cfg.hidden_size, device: vb.device().clone() })
     }
