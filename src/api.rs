@@ -187,7 +187,7 @@ fn koe5_model_info() -> JsonB {
     let mut info = json!({
         "model_path": gucs::model_path().map(|p| p.display().to_string()),
         "model_id": gucs::model_id(),
-        "precision": "f32",
+        "precision": gucs::precision().name(),
     });
     let dir = match backend::resolve_dir() {
         Ok(d) => d,
@@ -198,7 +198,7 @@ fn koe5_model_info() -> JsonB {
         }
     };
     info["directory"] = json!(dir.display().to_string());
-    let loaded = backend::loaded().filter(|m| m.dir == dir);
+    let loaded = backend::loaded().filter(|m| m.dir == dir && m.embedder.precision == gucs::precision());
     let spec = match &loaded {
         Some(m) => m.embedder.spec.clone(),
         None => match ModelSpec::read(&dir) {
@@ -221,6 +221,7 @@ fn koe5_model_info() -> JsonB {
         Some(m) => {
             info["loaded"] = json!(true);
             info["load_time_ms"] = json!(millis(m.embedder.load_time));
+            info["preloaded"] = json!(m.preloaded);
             let at = m.loaded_at.duration_since(UNIX_EPOCH).unwrap_or_default();
             info["loaded_at_unix"] = json!(at.as_secs());
         }

@@ -20,6 +20,12 @@ pub struct Loaded {
     pub dir: PathBuf,
     pub embedder: Embedder,
     pub loaded_at: SystemTime,
+    /// The model files as they were when it was loaded.
+    files: [Option<FileId>; 2],
+    /// Loaded by the postmaster (`koe5.preload`) and inherited at fork: shared with
+    /// every other session until this backend checks that its files are unchanged.
+    pub preloaded: bool,
+    unverified: std::cell::Cell<bool>,
     /// Recent query embeddings of this model.
     queries: RefCell<QueryCache>,
 }
@@ -92,6 +98,20 @@ pub fn count_embedded(n: usize) {
 /// A file as of one moment: path, size and modification time.
 type FileStamp = (PathBuf, (u64, SystemTime));
 
+/// Which file a path names, and its size and modification time: a file replaced by a
+/// rename or rewritten in place differs.
+type FileId = (u64, u64, u64, SystemTime);
+
+fn file_id(path: &std::path::Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))
+}
+
+fn model_files(e: &Embedder) -> [Option<FileId>; 2] {
+    [file_id(&e.spec.weights), file_id(&e.spec.tokenizer)]
+}
+
 thread_local! {
     static MODEL: RefCell<Option<Rc<Loaded>>> = const { RefCell::new(None) };
     static SHA256: RefCell<Option<(FileStamp, String)>> = const { RefCell::new(None) };
@@ -126,19 +146,88 @@ pub fn loaded() -> Option<Rc<Loaded>> {
 
 /// The model for the current settings, loading it on first use.
 pub fn model() -> Result<Rc<Loaded>> {
+    start_threads();
     let dir = resolve_dir()?;
+    let precision = gucs::precision();
     if let Some(m) = loaded() {
-        if m.dir == dir {
+        if m.dir == dir && m.embedder.precision == precision && m.files_unchanged() {
             return Ok(m);
         }
     }
-    // Free the old weights before reading new ones.
+    // Free the old weights before reading new ones (a shared, preloaded copy stays in
+    // the postmaster and the other sessions).
     MODEL.with(|m| m.borrow_mut().take());
-    start_threads();
-    let embedder = Embedder::load_with(&dir, koe5_core::Precision::F32, &mut check_interrupts)?;
-    let loaded = Rc::new(Loaded { dir, embedder, loaded_at: SystemTime::now(), queries: RefCell::default() });
+    let embedder = Embedder::load_with(&dir, precision, &mut check_interrupts)?;
+    let loaded = Rc::new(Loaded::new(dir, embedder, false));
     MODEL.with(|m| *m.borrow_mut() = Some(loaded.clone()));
     Ok(loaded)
+}
+
+impl Loaded {
+    fn new(dir: PathBuf, embedder: Embedder, preloaded: bool) -> Loaded {
+        Loaded {
+            dir,
+            files: model_files(&embedder),
+            embedder,
+            loaded_at: SystemTime::now(),
+            preloaded,
+            unverified: std::cell::Cell::new(preloaded),
+            queries: RefCell::default(),
+        }
+    }
+
+    /// A model a backend loaded itself is kept as it is, whatever happens to its files
+    /// (it is complete in memory). One inherited from the postmaster may be older than
+    /// the files: the backend's first use compares them once.
+    fn files_unchanged(&self) -> bool {
+        if !self.unverified.get() {
+            return true;
+        }
+        let same = model_files(&self.embedder) == self.files;
+        self.unverified.set(!same);
+        same
+    }
+}
+
+/// Loads the model in the postmaster, before any backend exists (`koe5.preload`, with
+/// koe5 in `shared_preload_libraries`). Every process the postmaster forks afterwards
+/// starts with the model in its memory: the same physical pages, shared copy-on-write
+/// and never written, so the server holds one copy however many sessions embed.
+///
+/// Nothing here may leave a thread behind (fork copies only the calling thread): any
+/// parallel work of the load runs on a one-thread pool that is shut down afterwards,
+/// so rayon's global pool is first started in a backend. A model that cannot be
+/// loaded is logged and left to the backends; the server starts regardless.
+pub fn preload() {
+    if !gucs::PRELOAD.get() {
+        return;
+    }
+    let dir = match resolve_dir() {
+        Ok(d) => d,
+        Err(e) => {
+            pgrx::log!("koe5: no model preloaded: {}", e.message);
+            return;
+        }
+    };
+    let precision = gucs::precision();
+    let load = std::panic::catch_unwind(|| {
+        let pool = with_signals_blocked(|| rayon::ThreadPoolBuilder::new().num_threads(1).build())
+            .map_err(|e| koe5_core::Error::new(koe5_core::ErrorKind::Inference, e.to_string()))?;
+        pool.install(|| Embedder::load_with(&dir, precision, &mut || {}))
+    });
+    match load {
+        Ok(Ok(embedder)) => {
+            pgrx::log!(
+                "koe5: preloaded the model in \"{}\" ({}) in {:.1} s; sessions share it",
+                dir.display(),
+                precision.name(),
+                embedder.load_time.as_secs_f64()
+            );
+            MODEL.with(|m| *m.borrow_mut() = Some(Rc::new(Loaded::new(dir, embedder, true))));
+        }
+        Ok(Err(e)) => pgrx::warning!("koe5: could not preload the model in \"{}\": {}", dir.display(), e.message),
+        Err(_) => pgrx::warning!("koe5: could not preload the model in \"{}\": the load panicked", dir.display()),
+    }
 }
 
 /// Runs `f` with every signal blocked in the calling thread, so that threads it

@@ -32,6 +32,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         worker::register();
+        backend::preload();
     }
 }
 
@@ -48,6 +49,9 @@ pub mod pg_test {
             "koe5.worker_enabled = on",
             "koe5.worker_database = 'koe5_worker_test'",
             "koe5.worker_naptime = 200",
+            // The parity tests hold koe5 to the reference's f32 vectors; bf16 has a test
+            // of its own.
+            "koe5.precision = 'f32'",
         ]
     }
 }

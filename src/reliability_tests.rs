@@ -401,3 +401,188 @@ fn koe5_threads_caps_the_compute_threads() {
         .count();
     assert_eq!(threads, 1);
 }
+
+/// A PostgreSQL server of the test's own (the same installation as the test server),
+/// stopped when dropped.
+struct OwnServer {
+    bindir: String,
+    data: String,
+    port: u16,
+}
+
+/// Runs a server program as the user "postgres" (the tests run as root).
+fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", program]);
+        c
+    } else {
+        std::process::Command::new(program)
+    };
+    cmd.args(args).output().unwrap()
+}
+
+impl OwnServer {
+    fn start(bindir: &str, data: &str, port: u16, conf: &[String]) -> OwnServer {
+        let _ = as_postgres(&format!("{bindir}/pg_ctl"), &["-D", data, "stop", "-m", "immediate"]);
+        let _ = std::fs::remove_dir_all(data);
+        std::fs::create_dir_all(data).unwrap();
+        let _ = std::process::Command::new("chown").args(["postgres:postgres", data]).status();
+        let out = as_postgres(&format!("{bindir}/initdb"), &["-D", data, "-E", "UTF8", "--locale=C", "-U", "postgres"]);
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let server = OwnServer { bindir: bindir.into(), data: data.into(), port };
+        server.restart(conf);
+        server
+    }
+
+    /// (Re)starts the server with `conf` appended to a pristine postgresql.conf.
+    fn restart(&self, conf: &[String]) {
+        let _ = as_postgres(&format!("{}/pg_ctl", self.bindir), &["-D", &self.data, "stop", "-m", "fast"]);
+        let base = format!("{}/postgresql.conf.initdb", self.data);
+        let path = format!("{}/postgresql.conf", self.data);
+        if !std::path::Path::new(&base).exists() {
+            std::fs::copy(&path, &base).unwrap();
+        }
+        let mut text = std::fs::read_to_string(&base).unwrap();
+        text += &format!("port = {}\nunix_socket_directories = '{}'\nlisten_addresses = ''\n", self.port, self.data);
+        for line in conf {
+            text += line;
+            text.push('\n');
+        }
+        std::fs::write(&path, text).unwrap();
+        let log = format!("{}/server.log", self.data);
+        let out = as_postgres(&format!("{}/pg_ctl", self.bindir), &["-D", &self.data, "-l", &log, "-w", "start"]);
+        assert!(out.status.success(), "pg_ctl start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+
+    fn connect(&self) -> postgres::Client {
+        postgres::Config::new()
+            .host_path(&self.data)
+            .port(self.port)
+            .user("postgres")
+            .dbname("postgres")
+            .connect(postgres::NoTls)
+            .unwrap()
+    }
+
+    fn postmaster_pid(&self) -> i32 {
+        let pidfile = std::fs::read_to_string(format!("{}/postmaster.pid", self.data)).unwrap();
+        pidfile.lines().next().unwrap().trim().parse().unwrap()
+    }
+
+    /// PSS of the whole server: the postmaster and every process it started, in KiB.
+    fn total_pss_kb(&self) -> i64 {
+        let postmaster = self.postmaster_pid();
+        let mut total = rss_pss_kb(postmaster).1;
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Field 4, after the parenthesised command name, is the parent's pid.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+            if ppid == Some(postmaster) {
+                total += rss_pss_kb(pid).1.max(0);
+            }
+        }
+        total
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = as_postgres(&format!("{}/pg_ctl", self.bindir), &["-D", &self.data, "stop", "-m", "immediate"]);
+    }
+}
+
+/// `koe5.preload`: with koe5 in shared_preload_libraries the postmaster loads the model
+/// once and every session shares it. On a server of its own: each of 8 sessions reports
+/// the preloaded model and returns the reference's vectors; the whole server's memory
+/// (PSS of the postmaster and all its children) with 8 sessions that embedded stays
+/// within 1.3× of the same server with one; with `koe5.preload = off` it grows with
+/// every session. A first call in a new session is timed. A model file touched after
+/// the server started makes a new session load its own, still right, copy.
+#[test]
+fn a_preloaded_model_is_one_copy_for_every_session() {
+    let mut admin = connect(None);
+    let bindir: String = admin.query_one("SELECT setting FROM pg_config WHERE name = 'BINDIR'", &[]).unwrap().get(0);
+    let version: i32 = admin.query_one("SELECT current_setting('server_version_num')::int / 10000", &[]).unwrap().get(0);
+    let data = format!("/tmp/koe5-preload-{version}");
+    // A private copy of the fixture, so touching its files disturbs no other test.
+    let model = format!("/tmp/koe5-preload-model-{version}");
+    let _ = std::fs::remove_dir_all(&model);
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(format!("{FIXTURES}/tiny-xlmr")).unwrap().flatten() {
+        let to = format!("{model}/{}", entry.file_name().to_string_lossy());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+            for f in std::fs::read_dir(entry.path()).unwrap().flatten() {
+                std::fs::copy(f.path(), format!("{to}/{}", f.file_name().to_string_lossy())).unwrap();
+            }
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+    let _ = std::process::Command::new("chmod").args(["-R", "a+rX", &model]).status();
+    let conf = |preload: bool| {
+        vec![
+            "shared_preload_libraries = 'koe5'".to_string(),
+            format!("koe5.model_path = '{model}'"),
+            "koe5.precision = 'f32'".to_string(),
+            format!("koe5.preload = {}", if preload { "on" } else { "off" }),
+        ]
+    };
+    let server = OwnServer::start(&bindir, &data, 5460 + version as u16, &conf(true));
+    let cases = crate::tests::cases();
+    let text = cases[3]["text"].as_str().unwrap().to_owned();
+    let want = crate::tests::floats(&cases[3]["query"]["embedding"]);
+    let measure = |preload: bool| -> (i64, i64, f64) {
+        server.restart(&conf(preload));
+        let mut sessions = Vec::new();
+        let mut first_call = f64::MAX;
+        let mut one = 0;
+        for i in 0..8 {
+            let t = Instant::now();
+            let mut c = server.connect();
+            c.batch_execute("CREATE EXTENSION IF NOT EXISTS koe5").unwrap();
+            let row = c.query_one("SELECT koe5_query($1)", &[&text]).unwrap();
+            first_call = first_call.min(t.elapsed().as_secs_f64());
+            crate::tests::assert_close("preloaded", &row.get::<_, Vec<f32>>(0), &want);
+            let info: String = c.query_one("SELECT koe5_model_info()->>'preloaded'", &[]).unwrap().get(0);
+            assert_eq!(info, preload.to_string());
+            sessions.push(c);
+            if i == 0 {
+                one = server.total_pss_kb();
+            }
+        }
+        (one, server.total_pss_kb(), first_call)
+    };
+    let (on_one, on_eight, on_first) = measure(true);
+    let (off_one, off_eight, off_first) = measure(false);
+    figure(format!(
+        "preload: whole-server PSS, 1 → 8 sessions: preloaded {} → {} MiB ({:.2}×), not preloaded {} → {} MiB ({:.2}×); \
+         first call (connect + koe5_query) {:.0} ms preloaded, {:.0} ms not",
+        on_one / 1024,
+        on_eight / 1024,
+        on_eight as f64 / on_one as f64,
+        off_one / 1024,
+        off_eight / 1024,
+        off_eight as f64 / off_one as f64,
+        on_first * 1e3,
+        off_first * 1e3
+    ));
+    assert!(on_eight as f64 <= 1.3 * on_one as f64, "preloaded: {on_one} → {on_eight} KiB");
+    assert!(off_eight as f64 > 2.0 * off_one as f64, "not preloaded: {off_one} → {off_eight} KiB");
+    assert!(on_first < off_first, "first call {on_first} s preloaded vs {off_first} s");
+
+    // Files that changed after the server loaded them: a new session loads its own.
+    server.restart(&conf(true));
+    let weights = std::fs::File::options().write(true).open(format!("{model}/model.safetensors")).unwrap();
+    weights.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+    let mut c = server.connect();
+    let row = c.query_one("SELECT koe5_query($1)", &[&text]).unwrap();
+    crate::tests::assert_close("reloaded", &row.get::<_, Vec<f32>>(0), &want);
+    let info: String = c.query_one("SELECT koe5_model_info()->>'preloaded'", &[]).unwrap().get(0);
+    assert_eq!(info, "false");
+    drop(c);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&model);
+}

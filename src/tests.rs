@@ -225,6 +225,49 @@ mod tests {
         assert_eq!(before["sha256"], after["sha256"]);
     }
 
+    /// `koe5.precision`: bf16 keeps every fixture vector (single and batch, both kinds)
+    /// within the documented cosine 0.9999 of the reference's f32 vectors; the model is
+    /// reloaded for the new precision and koe5_model_info says which one runs; f32 again
+    /// gives the parity tolerance back.
+    #[pg_test]
+    fn precision_setting_switches_to_bf16_within_its_documented_bound() {
+        use_fixture("tiny-xlmr");
+        assert_eq!(Spi::get_one::<String>("SHOW koe5.precision").unwrap().unwrap(), "f32");
+        Spi::run("SET koe5.precision = 'bf16'").unwrap();
+        let cases = cases();
+        let texts: Vec<String> = cases.iter().map(|c| c["text"].as_str().unwrap().to_owned()).collect();
+        for (kind, key) in [("query", "query"), ("passage", "passage")] {
+            let batch: Vec<Vec<f32>> = Spi::connect(|client| {
+                client
+                    .select(
+                        &format!("SELECT e FROM koe5_{kind}($1::text[]) WITH ORDINALITY AS t(e, n) ORDER BY n"),
+                        None,
+                        &[DatumWithOid::from(texts.clone())],
+                    )
+                    .unwrap()
+                    .map(|r| r.get::<Vec<f32>>(1).unwrap().unwrap())
+                    .collect()
+            });
+            assert_eq!(batch.len(), cases.len());
+            for (c, b) in cases.iter().zip(&batch) {
+                let want = floats(&c[key]["embedding"]);
+                let one = vector_of(&format!("SELECT koe5_{kind}($1)"), c["text"].as_str().unwrap());
+                for (form, got) in [("single", &one), ("batch", b)] {
+                    let cos = koe5_core::cosine(got, &want).unwrap();
+                    assert!(cos >= 0.9999, "{} {key} {form}: cosine {cos}", c["name"]);
+                }
+            }
+        }
+        let info = Spi::get_one::<pgrx::JsonB>("SELECT koe5_model_info()").unwrap().unwrap().0;
+        assert_eq!(info["precision"], "bf16");
+        assert_eq!(info["loaded"], true);
+        Spi::run("SET koe5.precision = 'f32'").unwrap();
+        let c = &cases[0];
+        let got = vector_of("SELECT koe5_passage($1)", c["text"].as_str().unwrap());
+        assert_close("f32 again", &got, &floats(&c["passage"]["embedding"]));
+        assert!(outcome("SET koe5.precision = 'int4'").starts_with("22023"));
+    }
+
     #[pg_test]
     fn empty_whitespace_and_long_texts() {
         use_fixture("tiny-xlmr");

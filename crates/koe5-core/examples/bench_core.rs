@@ -34,6 +34,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     e.embed_one(Kind::Query, &queries[0], &mut || {})?;
 
     let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
+    // Padding: the tokens the batches compute (padded to each batch's longest) over the
+    // real ones, for the batching embed_many does.
+    let lens: Vec<usize> = refs.iter().map(|t| e.tokenize(Kind::Passage, t).map(|ids| ids.len())).collect::<Result<_, _>>()?;
+    let plan = koe5_core::batch::plan(&lens, koe5_core::DEFAULT_TOKEN_BUDGET, koe5_core::DEFAULT_MAX_BATCH);
+    let padded: usize = plan.iter().map(|b| b.len() * b.iter().map(|&i| lens[i]).max().unwrap_or(0)).sum();
+    let real: usize = lens.iter().sum();
     let t = Instant::now();
     let vectors = e.embed_many(Kind::Passage, &refs, &mut || {})?;
     let passage_s = t.elapsed().as_secs_f64();
@@ -69,6 +75,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "query_p95_ms": percentile(&latencies, 0.95) * 1e3,
             "threads": threads,
             "precision": precision.name(),
+            "batches": plan.len(),
+            "padding_overhead": padded as f64 / real as f64 - 1.0,
         })
     );
     Ok(())

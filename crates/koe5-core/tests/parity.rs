@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use koe5_core::{Embedder, Kind};
+use koe5_core::{Embedder, Kind, Precision};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -123,4 +123,48 @@ fn interrupt_hook_runs_within_every_layer_and_can_stop_the_work() {
         e.embed_many(Kind::Passage, &["가"; 10], &mut || panic!("canceled")).unwrap()
     }));
     assert!(r.is_err());
+}
+
+/// bf16's documented bound (README "Precision"): every vector within cosine 0.9999 of
+/// the reference's f32 vector.
+const BF16_MIN_COSINE: f32 = 0.9999;
+
+/// The reference's own bf16 mode on the same inputs (bf16_reference.py).
+fn reference_bf16_min_cosine(key: &str) -> f32 {
+    let text = std::fs::read_to_string(fixtures().join("bf16-reference.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["kinds"][key]["min_cosine"].as_f64().unwrap() as f32
+}
+
+#[test]
+fn bf16_vectors_stay_within_the_documented_bound_on_both_kernels() {
+    let cases = expected();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let e = Embedder::load_with(&fixtures().join("tiny-xlmr"), Precision::Bf16, &mut || {}).unwrap();
+    assert_eq!(e.precision, Precision::Bf16);
+    for (kind, key) in kinds() {
+        let reference = reference_bf16_min_cosine(key);
+        let batched = e.embed_many(kind, &texts, &mut || {}).unwrap();
+        let mut min_cos = 1f32;
+        for (c, v) in cases.iter().zip(&batched) {
+            let want = floats(&c[key]["embedding"]);
+            let single = e.embed_one(kind, c["text"].as_str().unwrap(), &mut || {}).unwrap();
+            for got in [&single, v] {
+                let cos = koe5_core::cosine(got, &want).unwrap();
+                assert!(cos >= BF16_MIN_COSINE, "{} {key}: cosine {cos}", c["name"]);
+                min_cos = min_cos.min(cos);
+            }
+        }
+        println!("bf16 {key}: min cosine {min_cos} (the reference's bf16 autocast: {reference})");
+        // And no worse than the reference's own bf16 mode, beyond f32 noise.
+        assert!(min_cos >= reference - 1e-5, "{key}: {min_cos} vs the reference's bf16 {reference}");
+    }
+    // The portable kernel computes the same sums in another order: equal within f32
+    // rounding, whatever this CPU has.
+    let a = vec![0.25f32; 64 * 64];
+    let w = koe5_core::kernels::PackedBf16::pack(&a, 64, 64);
+    let bias = vec![0f32; 64];
+    let fast = koe5_core::kernels::matmul(&a, 64, &w, &bias, koe5_core::kernels::Epilogue::BiasGelu, true);
+    let portable = koe5_core::kernels::matmul(&a, 64, &w, &bias, koe5_core::kernels::Epilogue::BiasGelu, false);
+    assert!(fast.iter().zip(&portable).all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs().max(1.0)));
 }
