@@ -12,10 +12,13 @@
 
 use rayon::prelude::*;
 
-/// Output columns per panel: two 16-lane vectors.
-pub const NR: usize = 32;
-/// Rows of `x` per kernel call: 12 × 2 accumulators use 24 of the 32 vector registers.
-const MR: usize = 12;
+/// 16-lane vectors of output columns per panel.
+const NV: usize = 4;
+/// Output columns per panel.
+pub const NR: usize = 16 * NV;
+/// Rows of `x` per kernel call: 6 × 4 accumulators use 24 of the 32 vector registers,
+/// and each step loads 4 weight vectors and broadcasts 6 inputs for 24 products.
+const MR: usize = 6;
 /// Pairs of the inner dimension per pass (`KC` pairs = 1,024 values): the panel's slice
 /// (64 KiB) and the rows' slice stay in the core's L2 cache while they are reused.
 const KC: usize = 512;
@@ -244,7 +247,7 @@ fn portable(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{ERF_A, ERF_P, MR, NR};
+    use super::{ERF_A, ERF_P, MR, NR, NV};
 
     /// Dispatches `rows` (1..=MR) to the kernel compiled for that many rows.
     #[allow(clippy::too_many_arguments)]
@@ -268,10 +271,10 @@ mod avx512 {
                 match rows { $($n => kernel::<$n>(a, lda, b, kc, c, ldc, cols, bias, gelu),)* _ => unreachable!() }
             };
         }
-        go!(1 2 3 4 5 6 7 8 9 10 11 12);
+        go!(1 2 3 4 5 6);
     }
 
-    /// `R` rows × 32 columns: 2·R accumulators live in registers for the whole pass.
+    /// `R` rows × NR columns: R·NV accumulators live in registers for the whole pass.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -287,18 +290,21 @@ mod avx512 {
         gelu: bool,
     ) {
         const { assert!(R <= MR) };
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let mut acc = [[_mm512_setzero_ps(); NV]; R];
         for pair in 0..kc {
             let line = b.add(pair * NR);
-            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(line.cast()));
-            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(line.add(16).cast()));
+            let mut w = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); NV];
+            for (v, wv) in w.iter_mut().enumerate() {
+                *wv = std::mem::transmute(_mm512_loadu_si512(line.add(16 * v).cast()));
+            }
             for (r, sums) in acc.iter_mut().enumerate() {
                 let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * lda + pair) as i32));
-                sums[0] = _mm512_dpbf16_ps(sums[0], av, b0);
-                sums[1] = _mm512_dpbf16_ps(sums[1], av, b1);
+                for (s, &wv) in sums.iter_mut().zip(&w) {
+                    *s = _mm512_dpbf16_ps(*s, av, wv);
+                }
             }
         }
-        let masks = [lane_mask(cols), lane_mask(cols.saturating_sub(16))];
+        let masks: [__mmask16; NV] = std::array::from_fn(|v| lane_mask(cols.saturating_sub(16 * v)));
         for (r, sums) in acc.iter().enumerate() {
             for (h, &s) in sums.iter().enumerate() {
                 let o = c.add(r * ldc + h * 16);
