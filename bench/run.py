@@ -238,9 +238,10 @@ def sql_run(server: Server, passages: list[str], queries: list[str], precision: 
 def first_call_and_memory(server: Server, precision: str, query: str) -> dict:
     """With the model preloaded and without: the first koe5_query of a new session
     (connect included, files in the page cache), and the PSS of the backends and of the
-    whole server with 1 and with 8 sessions that have embedded."""
+    whole server with 1 and with N sessions that have embedded: N = 8 preloaded, 4 not
+    (8 private copies of KoE5 do not fit a 24 GB machine)."""
     out = {}
-    for preload in ["on", "off"]:
+    for preload, n in [("on", 8), ("off", 4)]:
         server.start(precision=precision, preload=preload)
         firsts = []
         for _ in range(3):
@@ -250,7 +251,7 @@ def first_call_and_memory(server: Server, precision: str, query: str) -> dict:
             firsts.append(time.perf_counter() - t)
         sessions, backend_pss = [], []
         one_server = one_backend = 0
-        for i in range(8):
+        for i in range(n):
             c = server.connect()
             c.execute("SELECT koe5_query(%s)", (query + str(i),)).fetchone()
             sessions.append(c)
@@ -262,6 +263,7 @@ def first_call_and_memory(server: Server, precision: str, query: str) -> dict:
         for c in sessions:
             c.close()
         out[preload] = {
+            "sessions": n,
             "first_call_ms": 1e3 * statistics.median(firsts),
             "one_backend_mib": one_backend / 1024,
             "eight_backends_mib": eight_backends / 1024,
@@ -343,7 +345,7 @@ def main() -> int:
     for p in ["f32", "bf16"]:
         log(f"koe5 core {p}")
         core[p] = rows[f"koe5 core {p}"] = koe5_core_run(args.model, corpus_path, len(passages), ref.shape[1], p)
-    memory, sessions = {}, []
+    memory, sessions, failure = {}, [], None
     if "sql" not in skip:
         install_koe5_release()
         server = Server(args.model)
@@ -357,6 +359,9 @@ def main() -> int:
                 log("1, 2, 4 sessions (bf16, the first 48 passages)")
                 sub = passages[:48]
                 sessions = sessions_run(server, sub, sum(corpus["passage_tokens"][:48]), "bf16")
+        except Exception as e:  # report what was measured, and what failed
+            failure = f"{type(e).__name__}: {e}"
+            log(f"SQL part failed: {failure}")
         finally:
             server.stop("fast")
 
@@ -423,23 +428,30 @@ def main() -> int:
             "",
             "## First call and memory (koe5 SQL, bf16)",
             "",
-            "| koe5.preload | first call in a new session (connect + koe5_query) | PSS of 1 backend | "
-            "PSS of 8 backends | whole server with 1 session | whole server with 8 | 8 vs 1 (whole server) |",
-            "|---|---|---|---|---|---|---|",
+            "| koe5.preload | first call in a new session (connect + koe5_query) | N sessions | PSS of 1 backend | "
+            "PSS of N backends | whole server with 1 session | whole server with N | N vs 1 (whole server) | "
+            "growth per added session |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for k, m in [("on", on), ("off", off)]:
-            lines.append(f"| {k} | {m['first_call_ms']:.0f} ms | {m['one_backend_mib']:.0f} MiB | "
+            n = m["sessions"]
+            lines.append(f"| {k} | {m['first_call_ms']:.0f} ms | {n} | {m['one_backend_mib']:.0f} MiB | "
                          f"{m['eight_backends_mib']:.0f} MiB | {m['one_server_mib']:.0f} MiB | "
-                         f"{m['eight_server_mib']:.0f} MiB | {m['eight_server_mib'] / m['one_server_mib']:.2f}× |")
+                         f"{m['eight_server_mib']:.0f} MiB | {m['eight_server_mib'] / m['one_server_mib']:.2f}× | "
+                         f"{(m['eight_server_mib'] - m['one_server_mib']) / (n - 1):.0f} MiB |")
         lines.append("")
-        lines.append("PSS from /proc/PID/smaps_rollup; whole server = postmaster and every process it started. "
-                     "Files in the page cache.")
+        lines.append("PSS from /proc/PID/smaps_rollup; whole server = postmaster and every process it started "
+                     "(PSS splits a shared page among all of them, so one backend's PSS alone says little). "
+                     "Files in the page cache. Not preloaded, 4 sessions: 8 private copies of KoE5 do not fit "
+                     "this 24 GB machine (the first attempt with 8 was ended by the kernel's OOM killer).")
     if sessions:
         lines += ["", "## Concurrent sessions (koe5 SQL, bf16, batch form, 48 passages each)", "",
                   "| koe5.threads | 1 session | 2 sessions | 4 sessions |", "|---|---|---|---|"]
         for th in [1, 2]:
             vals = [s for s in sessions if s["threads"] == th]
             lines.append(f"| {th} | " + " | ".join(f"{s['tokens_per_s']:.0f} tokens/s" for s in vals) + " |")
+    if failure:
+        lines += ["", f"The SQL part stopped early: {failure}"]
     lines += ["", "## Targets (issue 3)", ""]
     st16 = rows["sentence-transformers bf16"]
     best = max((n for n in rows if n.startswith("koe5") and "bf16" in n), key=tps)

@@ -158,6 +158,7 @@ pub fn model() -> Result<Rc<Loaded>> {
     // the postmaster and the other sessions).
     MODEL.with(|m| m.borrow_mut().take());
     let embedder = Embedder::load_with(&dir, precision, &mut check_interrupts)?;
+    release_free_memory();
     let loaded = Rc::new(Loaded::new(dir, embedder, false));
     MODEL.with(|m| *m.borrow_mut() = Some(loaded.clone()));
     Ok(loaded)
@@ -189,6 +190,15 @@ impl Loaded {
     }
 }
 
+/// Gives the pages a model load freed back to the kernel. A load reads each f32 tensor
+/// before packing or transposing it; glibc keeps such freed blocks in its heap, which
+/// would leave a bf16 backend holding about 1 GB it no longer uses (3.0 instead of
+/// 2.0 GB at KoE5's size) and a preloading postmaster the same in every child.
+fn release_free_memory() {
+    // SAFETY: malloc_trim only returns free memory; it is thread-safe.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// Loads the model in the postmaster, before any backend exists (`koe5.preload`, with
 /// koe5 in `shared_preload_libraries`). Every process the postmaster forks afterwards
 /// starts with the model in its memory: the same physical pages, shared copy-on-write
@@ -217,6 +227,7 @@ pub fn preload() {
     });
     match load {
         Ok(Ok(embedder)) => {
+            release_free_memory();
             pgrx::log!(
                 "koe5: preloaded the model in \"{}\" ({}) in {:.1} s; sessions share it",
                 dir.display(),
@@ -252,8 +263,12 @@ fn block_all_signals() {
     }
 }
 
-/// Starts the rayon pool that candle's matrix kernels use, before anything else can
-/// start it with default settings. Its threads block all signals and only compute.
+/// Starts every compute thread a backend will have, before anything else can start
+/// them with default settings: the rayon pool that koe5's kernels and candle's matrix
+/// multiplies use, and candle's own pool for element-wise work (`candle-bp-N`, which
+/// candle would otherwise spawn lazily from whichever thread first needs it — the
+/// backend's, with PostgreSQL's signals unblocked). All of them block every signal and
+/// only compute; both pools get `koe5.threads` threads.
 fn start_threads() {
     static START: Once = Once::new();
     START.call_once(|| {
@@ -262,12 +277,27 @@ fn start_threads() {
             Ok(n) if n > 0 => n,
             _ => cores,
         };
-        let _ = with_signals_blocked(|| {
-            rayon::ThreadPoolBuilder::new()
+        // A forward pass allocates and frees buffers of up to 32 MiB per layer (the
+        // FFN's activations, attention scores). Served from the heap and kept there,
+        // they cost no page faults after the first batch; left to mmap (glibc's default
+        // until its threshold adapts, which it does not in a process forked from a
+        // preloading postmaster) each one is faulted in and zeroed anew: a quarter of
+        // the bf16 time at KoE5's size. The heap keeps at most 128 MiB free.
+        // SAFETY: plain malloc tuning.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+        }
+        // candle sizes its pool from this variable. SAFETY: no other thread of this
+        // process exists yet (the postmaster starts none, see `preload`).
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", threads.to_string()) };
+        with_signals_blocked(|| {
+            let _ = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .thread_name(|i| format!("koe5-compute-{i}"))
                 .start_handler(|_| block_all_signals())
-                .build_global()
+                .build_global();
+            koe5_core::start_elementwise_threads();
         });
     });
 }

@@ -211,6 +211,13 @@ impl Embedder {
     }
 }
 
+/// Starts candle's pool for element-wise work now, on the calling thread (so the
+/// threads inherit its signal mask), instead of on first use. Its size is
+/// `CANDLE_NUM_THREADS` (else RAYON_NUM_THREADS, else one per physical core).
+pub fn start_elementwise_threads() {
+    candle_core::utils::barrier_pool();
+}
+
 /// Size and modification time of a file: enough to notice that it was rewritten.
 pub fn file_stamp(path: &Path) -> Result<(u64, SystemTime)> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;

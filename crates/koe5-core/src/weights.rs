@@ -13,7 +13,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -114,10 +114,16 @@ pub fn read_f32(
             let mut v: Vec<u16> = zeroed(count, path)?;
             // SAFETY: as above, for u16.
             read(unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), count * 2) })?;
-            let dtype = if e.dtype == "F16" { DType::F16 } else { DType::BF16 };
-            // SAFETY: the u16 buffer holds `count` values of the 2-byte type `dtype`.
-            let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), count * 2) };
-            Tensor::from_raw_buffer(bytes, dtype, &e.shape, &Device::Cpu).and_then(|t| t.to_dtype(DType::F32))
+            // Converted here, not by candle: a load computes nothing in candle, so it
+            // starts none of candle's threads (the postmaster must have none, see the
+            // extension's `preload`).
+            let widen = if e.dtype == "F16" { f16_to_f32 } else { crate::kernels::bf16_to_f32 };
+            let mut wide: Vec<f32> = zeroed(count, path)?;
+            for (w, &h) in wide.iter_mut().zip(&v) {
+                *w = widen(h);
+            }
+            drop(v);
+            Tensor::from_vec(wide, e.shape, &Device::Cpu)
         }
         .and_then(|t| if t.rank() == 2 && transposed(&name) { t.t()?.contiguous() } else { Ok(t) })
         .map_err(|err| bad(format!("tensor \"{name}\": {err}")))?;
@@ -128,9 +134,61 @@ pub fn read_f32(
     Ok(tensors)
 }
 
+/// IEEE half precision to f32, exactly (subnormals, infinities and NaN included).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h as u32) & 0x8000) << 16;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let man = (h & 0x3ff) as u32;
+    let bits = match (exp, man) {
+        (0, 0) => sign,
+        // Subnormal: man · 2^-24.
+        (0, _) => {
+            let v = man as f32 / (1u32 << 24) as f32;
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, 0) => sign | 0x7f80_0000,
+        (0x1f, _) => sign | 0x7fc0_0000 | (man << 13),
+        _ => sign | ((exp + 112) << 23) | (man << 13),
+    };
+    f32::from_bits(bits)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn half_precision_files_are_widened_exactly() {
+        // f16: 1, -2, 65504 (largest), 2^-24 (smallest subnormal), -0, +inf; bf16: 1, -3.5, NaN.
+        let f16: [u16; 6] = [0x3c00, 0xc000, 0x7bff, 0x0001, 0x8000, 0x7c00];
+        let bf16: [u16; 3] = [0x3f80, 0xc060, 0x7fc0];
+        let header = r#"{"a":{"dtype":"F16","shape":[6],"data_offsets":[0,12]},"b":{"dtype":"BF16","shape":[3],"data_offsets":[12,18]}}"#;
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header.as_bytes());
+        for h in f16.iter().chain(&bf16) {
+            file.extend_from_slice(&h.to_le_bytes());
+        }
+        let path = std::env::temp_dir().join(format!("koe5-half-{}.safetensors", std::process::id()));
+        std::fs::write(&path, &file).unwrap();
+        let t = read_f32(&path, &|_| false, &mut || {}).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let a: Vec<f32> = t["a"].to_vec1().unwrap();
+        assert_eq!(&a[..5], &[1.0, -2.0, 65504.0, 1.0 / 16_777_216.0, -0.0]);
+        assert!(a[4].is_sign_negative() && a[5] == f32::INFINITY);
+        let b: Vec<f32> = t["b"].to_vec1().unwrap();
+        assert_eq!(&b[..2], &[1.0, -3.5]);
+        assert!(b[2].is_nan());
+        // Every finite f16 against the definition: sign · 2^(e-15) · (1 + m/1024).
+        for h in 0..=0xffffu16 {
+            let (e, m) = ((h >> 10) & 0x1f, h & 0x3ff);
+            if e == 0x1f {
+                continue;
+            }
+            let mag = if e == 0 { m as f64 * 2f64.powi(-24) } else { 2f64.powi(e as i32 - 15) * (1.0 + m as f64 / 1024.0) };
+            let want = if h & 0x8000 != 0 { -mag } else { mag };
+            assert_eq!(f16_to_f32(h) as f64, want, "{h:#06x}");
+        }
+    }
 
     #[test]
     fn a_file_cut_anywhere_is_an_error_not_a_fault() {
