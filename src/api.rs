@@ -29,6 +29,7 @@ fn embed_text(kind: Kind, text: &[u8]) -> Vec<f32> {
         }
     }
     let v = model.embedder.embed_one(kind, &text, &mut check_interrupts).or_raise();
+    backend::release_free_memory();
     backend::count_embedded(1);
     if kind == Kind::Query {
         model.remember_query(&text, &v);
@@ -63,6 +64,7 @@ fn embed_array(kind: Kind, texts: Array<'_, &[u8]>) -> impl Iterator<Item = Opti
             let round = &texts[next..end];
             let present: Vec<&str> = round.iter().flatten().map(String::as_str).collect();
             let mut vectors = model.embedder.embed_many(kind, &present, &mut check_interrupts).or_raise().into_iter();
+            backend::release_free_memory();
             backend::count_embedded(present.len());
             for t in round {
                 ready.push_back(t.as_ref().map(|_| vectors.next().expect("one vector per text")));

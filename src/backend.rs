@@ -190,11 +190,13 @@ impl Loaded {
     }
 }
 
-/// Gives the pages a model load freed back to the kernel. A load reads each f32 tensor
-/// before packing or transposing it; glibc keeps such freed blocks in its heap, which
-/// would leave a bf16 backend holding about 1 GB it no longer uses (3.0 instead of
-/// 2.0 GB at KoE5's size) and a preloading postmaster the same in every child.
-fn release_free_memory() {
+/// Gives the heap's free pages back to the kernel: after a model load (which reads each
+/// f32 tensor before packing or transposing it, and would otherwise leave a bf16
+/// backend holding about 1 GB it no longer uses, 3.0 instead of 2.0 GB at KoE5's size,
+/// and a preloading postmaster the same in every child), and after each embedding call
+/// (whose buffers the heap keeps while the call runs, see `start_threads`), so an idle
+/// session holds only the model.
+pub fn release_free_memory() {
     // SAFETY: malloc_trim only returns free memory; it is thread-safe.
     unsafe { libc::malloc_trim(0) };
 }
@@ -282,7 +284,8 @@ fn start_threads() {
         // they cost no page faults after the first batch; left to mmap (glibc's default
         // until its threshold adapts, which it does not in a process forked from a
         // preloading postmaster) each one is faulted in and zeroed anew: a quarter of
-        // the bf16 time at KoE5's size. The heap keeps at most 128 MiB free.
+        // the bf16 time at KoE5's size. The heap keeps up to 128 MiB free while a call
+        // runs; the call gives it back when it ends (`release_free_memory`).
         // SAFETY: plain malloc tuning.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
