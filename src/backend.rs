@@ -13,6 +13,7 @@ use std::sync::Once;
 use std::time::SystemTime;
 
 use koe5_core::{hub, Embedder, Result};
+use pgrx::pg_sys;
 
 use crate::gucs;
 
@@ -186,6 +187,12 @@ impl Loaded {
         }
         let same = model_files(&self.embedder) == self.files;
         self.unverified.set(!same);
+        if !same {
+            pgrx::log!(
+                "koe5: the model files in \"{}\" changed after the server preloaded them; this session loads its own copy (restart the server to share one again)",
+                self.dir.display()
+            );
+        }
         same
     }
 }
@@ -211,7 +218,8 @@ pub fn release_free_memory() {
 /// so rayon's global pool is first started in a backend. A model that cannot be
 /// loaded is logged and left to the backends; the server starts regardless.
 pub fn preload() {
-    if !gucs::PRELOAD.get() {
+    // Not in single-user mode or a binary upgrade: no sessions to share it with.
+    if !gucs::PRELOAD.get() || unsafe { !pg_sys::IsPostmasterEnvironment || pg_sys::IsBinaryUpgrade } {
         return;
     }
     let dir = match resolve_dir() {
@@ -223,9 +231,13 @@ pub fn preload() {
     };
     let precision = gucs::precision();
     let load = std::panic::catch_unwind(|| {
-        let pool = with_signals_blocked(|| rayon::ThreadPoolBuilder::new().num_threads(1).build())
-            .map_err(|e| koe5_core::Error::new(koe5_core::ErrorKind::Inference, e.to_string()))?;
-        pool.install(|| Embedder::load_with(&dir, precision, &mut || {}))
+        // A scoped pool: its thread is joined before this returns.
+        with_signals_blocked(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build_scoped(|thread| thread.run(), |pool| pool.install(|| Embedder::load_with(&dir, precision, &mut || {})))
+        })
+        .map_err(|e| koe5_core::Error::new(koe5_core::ErrorKind::Inference, e.to_string()))?
     });
     match load {
         Ok(Ok(embedder)) => {
@@ -236,7 +248,12 @@ pub fn preload() {
                 precision.name(),
                 embedder.load_time.as_secs_f64()
             );
-            MODEL.with(|m| *m.borrow_mut() = Some(Rc::new(Loaded::new(dir, embedder, true))));
+            let loaded = Rc::new(Loaded::new(dir, embedder, true));
+            // Never freed, in the postmaster or any child: a child that exits (or loads
+            // another model) would otherwise free it page by page, writing to — and so
+            // copying — the pages it shares.
+            std::mem::forget(loaded.clone());
+            MODEL.with(|m| *m.borrow_mut() = Some(loaded));
         }
         Ok(Err(e)) => pgrx::warning!("koe5: could not preload the model in \"{}\": {}", dir.display(), e.message),
         Err(_) => pgrx::warning!("koe5: could not preload the model in \"{}\": the load panicked", dir.display()),

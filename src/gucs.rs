@@ -42,7 +42,23 @@ pub static WORKER_DATABASE: GucSetting<Option<std::ffi::CString>> =
 pub static WORKER_NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static WORKER_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64);
 
+/// `koe5.preload` exists only where koe5 is in shared_preload_libraries: PostgreSQL
+/// refuses (with FATAL) to define a PGC_POSTMASTER setting once the server runs.
+fn init_preload() {
+    GucRegistry::define_bool_guc(
+        c"koe5.preload",
+        c"Loads the model once in the postmaster, shared by every session.",
+        c"With koe5 in shared_preload_libraries, the server loads the model of koe5.model_path (or koe5.model_id) and koe5.precision at start; every backend shares that one copy and embeds at once. A backend whose settings name another model, or whose model files changed since, loads its own.",
+        &PRELOAD,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+}
+
 pub fn init() {
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        init_preload();
+    }
     GucRegistry::define_string_guc(
         c"koe5.model_path",
         c"Sets the directory of the sentence-transformers model that koe5 runs.",
@@ -75,14 +91,6 @@ pub fn init() {
         c"f32 gives the reference's vectors; bf16 (bf16 weights and inputs, f32 sums) is about twice as fast on CPUs with AVX512-BF16 and keeps every vector within cosine 0.9999 of f32. auto is bf16 where the CPU has AVX512-BF16, f32 elsewhere. A backend reloads its model when this changes.",
         &PRECISION,
         GucContext::Suset,
-        GucFlags::default(),
-    );
-    GucRegistry::define_bool_guc(
-        c"koe5.preload",
-        c"Loads the model once in the postmaster, shared by every session.",
-        c"With koe5 in shared_preload_libraries, the server loads the model of koe5.model_path (or koe5.model_id) and koe5.precision at start; every backend shares that one copy and embeds at once. A backend whose settings name another model, or whose model files changed since, loads its own.",
-        &PRELOAD,
-        GucContext::Postmaster,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

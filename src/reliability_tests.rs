@@ -556,6 +556,9 @@ fn a_preloaded_model_is_one_copy_for_every_session() {
         (one, server.total_pss_kb(), first_call)
     };
     let (on_one, on_eight, on_first) = measure(true);
+    // The postmaster that loaded the model has no thread besides its own.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.postmaster_pid())).unwrap().count();
+    assert_eq!(tasks, 1, "the postmaster has {tasks} threads");
     let (off_one, off_eight, off_first) = measure(false);
     figure(format!(
         "preload: whole-server PSS, 1 → 8 sessions: preloaded {} → {} MiB ({:.2}×), not preloaded {} → {} MiB ({:.2}×); \
@@ -582,6 +585,17 @@ fn a_preloaded_model_is_one_copy_for_every_session() {
     crate::tests::assert_close("reloaded", &row.get::<_, Vec<f32>>(0), &want);
     let info: String = c.query_one("SELECT koe5_model_info()->>'preloaded'", &[]).unwrap().get(0);
     assert_eq!(info, "false");
+    drop(c);
+
+    // Without shared_preload_libraries koe5 loads on demand, and koe5.preload does not
+    // exist (a PGC_POSTMASTER setting cannot be defined then).
+    server.restart(&[format!("koe5.model_path = '{model}'"), "koe5.precision = 'f32'".to_string()]);
+    let mut c = server.connect();
+    c.batch_execute("CREATE EXTENSION IF NOT EXISTS koe5").unwrap();
+    let row = c.query_one("SELECT koe5_query($1)", &[&text]).unwrap();
+    crate::tests::assert_close("not preloaded", &row.get::<_, Vec<f32>>(0), &want);
+    let preloaded: String = c.query_one("SELECT koe5_model_info()->>'preloaded'", &[]).unwrap().get(0);
+    assert_eq!(preloaded, "false");
     drop(c);
     drop(server);
     let _ = std::fs::remove_dir_all(&model);

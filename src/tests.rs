@@ -409,6 +409,10 @@ mod tests {
             }
         }
         assert!(names.iter().any(|n| n.starts_with("koe5-compute")), "no koe5-compute threads: {names:?}");
+        // candle's element-wise pool is started with them (never lazily, from this thread).
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+            assert!(names.iter().any(|n| n.starts_with("candle-bp")), "no candle-bp threads: {names:?}");
+        }
     }
 
     #[pg_test]

@@ -83,7 +83,7 @@ fn main() {
             let w: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
             let bias = vec![0.1f32; n];
             let flop = 2.0 * (m * k * n) as f64;
-            let packed = PackedBf16::pack(&w, k, n);
+            let packed = PackedBf16::pack(&w, k, n).expect("memory for the packed weight");
             let reps = if m <= 16 { 50 } else { 5 };
             let fast = best_of(reps, || drop(kernels::matmul(&x, m, &packed, &bias, kernels::Epilogue::Bias, true)));
             let portable = if m <= 256 { best_of(2, || drop(kernels::matmul(&x, m, &packed, &bias, kernels::Epilogue::Bias, false))) } else { f64::NAN };

@@ -71,7 +71,8 @@ fn linear(vb: VarBuilder, inp: usize, out: usize, precision: Precision) -> CResu
     let weight = match precision {
         Precision::F32 => Weight::F32(weight_t),
         Precision::Bf16 => {
-            let packed = with_f32_slice(&weight_t, |w| PackedBf16::pack(w, inp, out))?;
+            let packed = with_f32_slice(&weight_t, |w| PackedBf16::pack(w, inp, out))?
+                .ok_or_else(|| candle_core::Error::Msg(format!("out of memory packing a {inp}×{out} weight in bf16")))?;
             Weight::Bf16 { packed, bias: bias.to_vec1()?, fast: kernels::has_avx512_bf16() }
         }
     };
