@@ -158,6 +158,23 @@ fn pack_rows(x: &[f32], m: usize, k: usize, kp: usize, fast: bool) -> Vec<u32> {
     out
 }
 
+/// One kernel call: `rows` rows of `a` (bf16 pairs, row stride `lda`) times `kc` pairs
+/// of one panel, into `cols` columns of `c` (row stride `ldc`); `bias` on the first pass
+/// over the inner dimension (else the sums are added to what `c` holds), GELU on the last.
+#[derive(Clone, Copy)]
+struct Tile<'a> {
+    rows: usize,
+    a: &'a [u32],
+    lda: usize,
+    panel: &'a [u32],
+    kc: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    bias: Option<&'a [f32]>,
+    gelu: bool,
+}
+
 /// A raw pointer the threads of one multiply share; each writes only its own columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -198,15 +215,16 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedBf16, bias: &[f32], epilogue: Epilo
                         let c = unsafe { ptr.0.add((m0 + r) * w.n + p * NR) };
                         let bias = (k0 == 0).then(|| &bias[p * NR..p * NR + cols]);
                         let gelu = epilogue == Epilogue::BiasGelu && k0 + kc == w.kp;
+                        let tile = Tile { rows, a: &a[arow..], lda: w.kp, panel, kc, c, ldc: w.n, cols, bias, gelu };
                         if fast {
                             #[cfg(target_arch = "x86_64")]
                             // SAFETY: the CPU has the instructions (checked above);
                             // the pointers cover `rows` rows of `kc` pairs and the panel.
                             unsafe {
-                                avx512::block(rows, &a[arow..], w.kp, panel, kc, c, w.n, cols, bias, gelu)
+                                avx512::block(&tile)
                             };
                         } else {
-                            portable(rows, &a[arow..], w.kp, panel, kc, c, w.n, cols, bias, gelu);
+                            portable(&tile);
                         }
                         r += rows;
                     }
@@ -220,19 +238,8 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedBf16, bias: &[f32], epilogue: Epilo
 }
 
 /// The same sums as the AVX512 kernel, one output at a time.
-#[allow(clippy::too_many_arguments)]
-fn portable(
-    rows: usize,
-    a: &[u32],
-    lda: usize,
-    panel: &[u32],
-    kc: usize,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    bias: Option<&[f32]>,
-    gelu: bool,
-) {
+fn portable(t: &Tile) {
+    let Tile { rows, a, lda, panel, kc, c, ldc, cols, bias, gelu } = *t;
     for r in 0..rows {
         let mut acc = [0f32; NR];
         for pair in 0..kc {
@@ -261,23 +268,12 @@ fn portable(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{ERF_A, ERF_P, MR, NR, NV};
+    use super::{Tile, ERF_A, ERF_P, MR, NR, NV};
 
-    /// Dispatches `rows` (1..=MR) to the kernel compiled for that many rows.
-    #[allow(clippy::too_many_arguments)]
+    /// Dispatches the tile's `rows` (1..=MR) to the kernel compiled for that many rows.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn block(
-        rows: usize,
-        a: &[u32],
-        lda: usize,
-        panel: &[u32],
-        kc: usize,
-        c: *mut f32,
-        ldc: usize,
-        cols: usize,
-        bias: Option<&[f32]>,
-        gelu: bool,
-    ) {
+    pub(super) unsafe fn block(t: &Tile) {
+        let Tile { rows, a, lda, panel, kc, c, ldc, cols, bias, gelu } = *t;
         debug_assert!(a.len() >= (rows - 1) * lda + kc && panel.len() >= kc * NR);
         let (a, b) = (a.as_ptr(), panel.as_ptr());
         macro_rules! go {
