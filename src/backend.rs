@@ -21,8 +21,8 @@ pub struct Loaded {
     pub dir: PathBuf,
     pub embedder: Embedder,
     pub loaded_at: SystemTime,
-    /// The model files as they were when it was loaded.
-    files: [Option<FileId>; 2],
+    /// The model files (weights, tokenizer) as they were when it was loaded.
+    files: [Option<koe5_core::FileStamp>; 2],
     /// Loaded by the postmaster (`koe5.preload`) and inherited at fork: shared with
     /// every other session until this backend checks that its files are unchanged.
     pub preloaded: bool,
@@ -96,21 +96,11 @@ pub fn count_embedded(n: usize) {
     STATS.with(|s| s.borrow_mut().texts_embedded += n as u64);
 }
 
-/// A file as of one moment: path, size and modification time.
-type FileStamp = (PathBuf, (u64, SystemTime));
+/// A file as of one moment: path, and which file it names with its size and time.
+type FileStamp = (PathBuf, koe5_core::FileStamp);
 
-/// Which file a path names, and its size and modification time: a file replaced by a
-/// rename or rewritten in place differs.
-type FileId = (u64, u64, u64, SystemTime);
-
-fn file_id(path: &std::path::Path) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))
-}
-
-fn model_files(e: &Embedder) -> [Option<FileId>; 2] {
-    [file_id(&e.spec.weights), file_id(&e.spec.tokenizer)]
+fn model_files(e: &Embedder) -> [Option<koe5_core::FileStamp>; 2] {
+    [koe5_core::file_stamp(&e.spec.weights).ok(), koe5_core::file_stamp(&e.spec.tokenizer).ok()]
 }
 
 thread_local! {

@@ -80,10 +80,6 @@ impl PackedBf16 {
         Some(PackedBf16 { k, n, kp, data })
     }
 
-    pub fn bytes(&self) -> usize {
-        self.data.len() * 4
-    }
-
     fn panel(&self, p: usize) -> &[u32] {
         &self.data[p * self.kp * NR..(p + 1) * self.kp * NR]
     }
@@ -182,8 +178,8 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 /// `x · W + bias` for `x` of `m` rows (`m × w.k`, row-major); returns `m × w.n`.
-/// `fast` selects the AVX512-BF16 kernel; callers pass [`has_avx512_bf16`]`()` (tests
-/// also run the portable path). The panels are split between the current rayon pool's
+/// `fast` selects the AVX512-BF16 kernel where the CPU has it (the encoder always asks
+/// for it; tests also run the portable path). The panels are split between the current rayon pool's
 /// threads.
 pub fn matmul(x: &[f32], m: usize, w: &PackedBf16, bias: &[f32], epilogue: Epilogue, fast: bool) -> Vec<f32> {
     assert_eq!(x.len(), m * w.k);

@@ -218,10 +218,14 @@ pub fn start_elementwise_threads() {
     candle_core::utils::barrier_pool();
 }
 
-/// Size and modification time of a file: enough to notice that it was rewritten.
-pub fn file_stamp(path: &Path) -> Result<(u64, SystemTime)> {
+/// Which file a path names (device, inode), with its size and modification time:
+/// enough to notice that it was rewritten in place or replaced by a rename.
+pub type FileStamp = (u64, u64, u64, SystemTime);
+
+pub fn file_stamp(path: &Path) -> Result<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    Ok((meta.len(), meta.modified().map_err(|e| Error::io(path, e))?))
+    Ok((meta.dev(), meta.ino(), meta.len(), meta.modified().map_err(|e| Error::io(path, e))?))
 }
 
 /// SHA-256 of a file, hex-encoded, read in 1 MiB pieces; `interrupt` runs between pieces.

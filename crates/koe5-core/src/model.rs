@@ -22,14 +22,9 @@ pub fn stored_transposed(name: &str) -> bool {
 /// A dense layer whose weight is stored transposed (`in × out`): contiguous f32, so
 /// every forward pass multiplies by it as it lies in memory, or packed bf16 for
 /// [`kernels::matmul`].
-struct Dense {
-    weight: Weight,
-    bias: Tensor,
-}
-
-enum Weight {
-    F32(Tensor),
-    Bf16 { packed: PackedBf16, bias: Vec<f32>, fast: bool },
+enum Dense {
+    F32 { weight_t: Tensor, bias: Tensor },
+    Bf16 { packed: PackedBf16, bias: Vec<f32> },
 }
 
 impl Dense {
@@ -40,11 +35,12 @@ impl Dense {
     /// `x · W + b`, then the epilogue's activation (bf16 weights only: the caller
     /// applies it to f32 layers, see `Layer::forward`).
     fn forward_with(&self, x: &Tensor, epilogue: Epilogue) -> CResult<Tensor> {
-        match &self.weight {
-            Weight::F32(w) => x.matmul(w)?.broadcast_add(&self.bias),
-            Weight::Bf16 { packed, bias, fast } => {
+        match self {
+            Dense::F32 { weight_t, bias } => x.matmul(weight_t)?.broadcast_add(bias),
+            Dense::Bf16 { packed, bias } => {
                 let rows = x.dim(0)?;
-                let out = with_f32_slice(x, |xs| kernels::matmul(xs, rows, packed, bias, epilogue, *fast))?;
+                // The AVX512-BF16 kernel where the CPU has it (matmul checks).
+                let out = with_f32_slice(x, |xs| kernels::matmul(xs, rows, packed, bias, epilogue, true))?;
                 Tensor::from_vec(out, (rows, packed.n), x.device())
             }
         }
@@ -68,15 +64,14 @@ fn linear(vb: VarBuilder, inp: usize, out: usize, precision: Precision) -> CResu
     // Read transposed already: see `stored_transposed`.
     let weight_t = vb.get((inp, out), "weight")?;
     let bias = vb.get(out, "bias")?;
-    let weight = match precision {
-        Precision::F32 => Weight::F32(weight_t),
+    Ok(match precision {
+        Precision::F32 => Dense::F32 { weight_t, bias },
         Precision::Bf16 => {
             let packed = with_f32_slice(&weight_t, |w| PackedBf16::pack(w, inp, out))?
                 .ok_or_else(|| candle_core::Error::Msg(format!("out of memory packing a {inp}×{out} weight in bf16")))?;
-            Weight::Bf16 { packed, bias: bias.to_vec1()?, fast: kernels::has_avx512_bf16() }
+            Dense::Bf16 { packed, bias: bias.to_vec1()? }
         }
-    };
-    Ok(Dense { weight, bias })
+    })
 }
 
 fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> CResult<LayerNorm> {
@@ -188,8 +183,8 @@ impl Layer {
             probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * seq, self.heads * self.head_dim))?;
         let attn = self.attn_norm.forward(&(self.attn_out.forward(&ctx)? + x)?)?;
         interrupt();
-        let inter = match (self.activation, &self.inter.weight) {
-            (Activation::GeluErf, Weight::Bf16 { .. }) => self.inter.forward_with(&attn, Epilogue::BiasGelu)?,
+        let inter = match (self.activation, &self.inter) {
+            (Activation::GeluErf, Dense::Bf16 { .. }) => self.inter.forward_with(&attn, Epilogue::BiasGelu)?,
             (Activation::GeluErf, _) => self.inter.forward(&attn)?.gelu_erf()?,
             (Activation::GeluTanh, _) => self.inter.forward(&attn)?.gelu()?,
         };
