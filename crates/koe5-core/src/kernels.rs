@@ -1,14 +1,18 @@
-//! The dense layers' matrix multiply in bf16: `out = x · W + bias`, with `x` in f32
-//! (rounded to bf16 as it is packed), `W` pre-packed in bf16, products summed in f32.
+//! The dense layers' matrix multiply, `out = x · W + bias` (then GELU, or a residual
+//! added), with `W` packed once at load, in one of two formats:
 //!
-//! On CPUs with AVX512-BF16 (Zen 4/5, Sapphire Rapids and later) each `vdpbf16ps`
-//! multiplies 32 bf16 pairs and adds them into 16 f32 sums. `W` is packed once, at
-//! load, into panels of [`NR`] output columns in which every 64-byte line holds the
-//! pairs `(W[k][n], W[k+1][n])` of 16 columns: the kernel streams a panel front to back
-//! while `MR` rows of `x`, as bf16 pairs, are broadcast against it. Elsewhere a
-//! portable loop computes the same sums from the same packed weights (slower, equal up
-//! to the order of additions). Runtime detection picks the path; nothing needs the
-//! instructions at build time.
+//! - **bf16**: `x` is rounded to bf16 as it is packed, products are summed in f32. On
+//!   CPUs with AVX512-BF16 (Zen 4/5, Sapphire Rapids and later) each `vdpbf16ps`
+//!   multiplies 32 bf16 pairs and adds them into 16 f32 sums.
+//! - **f32**: every operand stays f32; on CPUs with AVX512F each `vfmadd231ps` adds 16
+//!   products into 16 sums.
+//!
+//! `W` lies in panels of [`NR`] output columns; each 64-byte line of a panel holds one
+//! step of the inner dimension for 16 columns (a pair `(W[k][n], W[k+1][n])` per column
+//! in bf16, one `W[k][n]` in f32). The kernel streams a panel front to back while `MR`
+//! rows of `x` are broadcast against it. Elsewhere a portable loop computes the same
+//! sums from the same packed weights (slower, equal up to the order of additions).
+//! Runtime detection picks the path; nothing needs the instructions at build time.
 
 use rayon::prelude::*;
 
@@ -19,19 +23,30 @@ pub const NR: usize = 16 * NV;
 /// Rows of `x` per kernel call: 6 × 4 accumulators use 24 of the 32 vector registers,
 /// and each step loads 4 weight vectors and broadcasts 6 inputs for 24 products.
 const MR: usize = 6;
-/// Pairs of the inner dimension per pass (`KC` pairs = 1,024 values): the panel's slice
-/// (64 KiB) and the rows' slice stay in the core's L2 cache while they are reused.
+/// Steps of the inner dimension per pass (a step is one pair in bf16, one value in
+/// f32): the panel's slice (128 KiB) and the rows' slice stay in the core's L2 cache
+/// while they are reused.
 const KC: usize = 512;
-/// Rows per pass over the panels: `MC` rows × `KC` pairs × 4 bytes = 192 KiB of `x`.
+/// Rows per pass over the panels: `MC` rows × `KC` steps × 4 bytes = 192 KiB of `x`.
 const MC: usize = 96;
 
-/// A weight matrix `k × n` in bf16, packed for [`matmul`].
-pub struct PackedBf16 {
+/// How a packed weight stores its values.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Format {
+    Bf16,
+    F32,
+}
+
+/// A weight matrix `k × n`, packed for [`matmul`].
+pub struct Packed {
     pub k: usize,
     pub n: usize,
-    /// Pairs of the inner dimension: `ceil(k / 2)`; an odd `k` is padded with a zero.
-    kp: usize,
-    /// `ceil(n / NR)` panels, each `kp × NR` pairs (as u32: two bf16, low half first).
+    pub format: Format,
+    /// Steps of the inner dimension: `ceil(k / 2)` pairs in bf16 (an odd `k` is padded
+    /// with a zero), `k` in f32.
+    steps: usize,
+    /// `ceil(n / NR)` panels, each `steps × NR` 32-bit cells: two bf16 (low half first)
+    /// or one f32's bits.
     data: Vec<u32>,
 }
 
@@ -51,37 +66,44 @@ pub fn bf16_to_f32(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
-impl PackedBf16 {
+impl Packed {
     /// Packs `w`, `k × n` row-major f32 (the layer's transposed weight).
     /// `None` when memory for the packed copy cannot be had (an error for the caller,
     /// not an abort: a load may run in the postmaster).
-    pub fn pack(w: &[f32], k: usize, n: usize) -> Option<PackedBf16> {
+    pub fn pack(w: &[f32], k: usize, n: usize, format: Format) -> Option<Packed> {
         assert_eq!(w.len(), k * n);
         assert!(k > 0 && n > 0, "an empty weight matrix");
-        let kp = k.div_ceil(2);
+        let steps = match format {
+            Format::Bf16 => k.div_ceil(2),
+            Format::F32 => k,
+        };
         let panels = n.div_ceil(NR);
         let mut data = Vec::new();
-        data.try_reserve_exact(panels * kp * NR).ok()?;
-        data.resize(panels * kp * NR, 0u32);
-        for p in 0..panels {
-            let panel = &mut data[p * kp * NR..(p + 1) * kp * NR];
-            for pair in 0..kp {
+        data.try_reserve_exact(panels * steps * NR).ok()?;
+        data.resize(panels * steps * NR, 0u32);
+        data.par_chunks_mut(steps * NR).enumerate().for_each(|(p, panel)| {
+            for step in 0..steps {
                 for c in 0..NR {
                     let col = p * NR + c;
                     if col >= n {
                         continue;
                     }
-                    let lo = bf16_bits(w[2 * pair * n + col]) as u32;
-                    let hi = if 2 * pair + 1 < k { bf16_bits(w[(2 * pair + 1) * n + col]) as u32 } else { 0 };
-                    panel[pair * NR + c] = lo | (hi << 16);
+                    panel[step * NR + c] = match format {
+                        Format::F32 => w[step * n + col].to_bits(),
+                        Format::Bf16 => {
+                            let lo = bf16_bits(w[2 * step * n + col]) as u32;
+                            let hi = if 2 * step + 1 < k { bf16_bits(w[(2 * step + 1) * n + col]) as u32 } else { 0 };
+                            lo | (hi << 16)
+                        }
+                    };
                 }
             }
-        }
-        Some(PackedBf16 { k, n, kp, data })
+        });
+        Some(Packed { k, n, format, steps, data })
     }
 
     fn panel(&self, p: usize) -> &[u32] {
-        &self.data[p * self.kp * NR..(p + 1) * self.kp * NR]
+        &self.data[p * self.steps * NR..(p + 1) * self.steps * NR]
     }
 }
 
@@ -121,7 +143,7 @@ pub fn gelu(x: f32) -> f32 {
 const ERF_P: f32 = 0.327_591_1;
 const ERF_A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_8, -1.453_152_1, 1.061_405_4];
 
-/// Whether this CPU has the bf16 dot-product instructions the fast path needs.
+/// Whether this CPU has the bf16 dot-product instructions the bf16 fast path needs.
 pub fn has_avx512_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -133,10 +155,33 @@ pub fn has_avx512_bf16() -> bool {
     }
 }
 
-/// `x` (`m × k`, f32) as bf16 pairs, `m × kp`, each row padded with a zero pair half
-/// where `k` is odd.
-fn pack_rows(x: &[f32], m: usize, k: usize, kp: usize, fast: bool) -> Vec<u32> {
-    let mut out = vec![0u32; m * kp];
+/// Whether this CPU has the 512-bit f32 instructions the f32 fast path (and the fast
+/// attention, see `attention`) needs.
+pub fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether [`matmul`] has a fast path for `format` on this CPU.
+pub fn has_fast_path(format: Format) -> bool {
+    match format {
+        Format::Bf16 => has_avx512_bf16(),
+        Format::F32 => has_avx512f(),
+    }
+}
+
+/// `x` (`m × k`, f32) as bf16 pairs into `out` (`m × kp`), each row padded with a zero
+/// pair half where `k` is odd.
+fn pack_rows(x: &[f32], m: usize, k: usize, kp: usize, fast: bool, out: &mut Vec<u32>) {
+    // Every cell is written below: only a longer buffer's new part is zeroed.
+    out.truncate(m * kp);
+    out.resize(m * kp, 0);
     out.par_chunks_mut(kp.max(1)).zip(x.par_chunks(k.max(1))).for_each(|(dst, row)| {
         #[allow(unused_mut)]
         let mut done = 0;
@@ -151,12 +196,12 @@ fn pack_rows(x: &[f32], m: usize, k: usize, kp: usize, fast: bool) -> Vec<u32> {
             *d = lo | (hi << 16);
         }
     });
-    out
 }
 
-/// One kernel call: `rows` rows of `a` (bf16 pairs, row stride `lda`) times `kc` pairs
-/// of one panel, into `cols` columns of `c` (row stride `ldc`); `bias` on the first pass
-/// over the inner dimension (else the sums are added to what `c` holds), GELU on the last.
+/// One kernel call: `rows` rows of `a` (row stride `lda`, in the weight's format) times
+/// `kc` steps of one panel, into `cols` columns of `c` (row stride `ldc`); `bias` on the
+/// first pass over the inner dimension (else the sums are added to what `c` holds); on
+/// the last, GELU, or `residual` (same layout as `c`) added.
 #[derive(Clone, Copy)]
 struct Tile<'a> {
     rows: usize,
@@ -169,6 +214,7 @@ struct Tile<'a> {
     cols: usize,
     bias: Option<&'a [f32]>,
     gelu: bool,
+    residual: Option<*const f32>,
 }
 
 /// A raw pointer the threads of one multiply share; each writes only its own columns.
@@ -177,26 +223,66 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-/// `x · W + bias` for `x` of `m` rows (`m × w.k`, row-major); returns `m × w.n`.
-/// `fast` selects the AVX512-BF16 kernel where the CPU has it (the encoder always asks
-/// for it; tests also run the portable path). The panels are split between the current rayon pool's
-/// threads.
-pub fn matmul(x: &[f32], m: usize, w: &PackedBf16, bias: &[f32], epilogue: Epilogue, fast: bool) -> Vec<f32> {
+/// `x · W + bias` for `x` of `m` rows (`m × w.k`, row-major), then the epilogue's GELU,
+/// or `residual` (`m × w.n`) added; returns `m × w.n`. `fast` selects the AVX-512
+/// kernel where the CPU has it (the encoder always asks for it; tests also run the
+/// portable path). The panels are split between the current rayon pool's threads.
+pub fn matmul(
+    x: &[f32],
+    m: usize,
+    w: &Packed,
+    bias: &[f32],
+    epilogue: Epilogue,
+    residual: Option<&[f32]>,
+    fast: bool,
+) -> Vec<f32> {
+    let mut out = Vec::new();
+    matmul_into(x, m, w, bias, epilogue, residual, fast, &mut out, &mut Vec::new());
+    out
+}
+
+/// [`matmul`] into `out` (resized to `m × w.n`), with `scratch` for `x` in bf16: an
+/// encoder reuses both from layer to layer, so a forward pass allocates (and faults in)
+/// its buffers once.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_into(
+    x: &[f32],
+    m: usize,
+    w: &Packed,
+    bias: &[f32],
+    epilogue: Epilogue,
+    residual: Option<&[f32]>,
+    fast: bool,
+    out: &mut Vec<f32>,
+    scratch: &mut Vec<u32>,
+) {
     assert_eq!(x.len(), m * w.k);
     assert_eq!(bias.len(), w.n);
-    let fast = fast && has_avx512_bf16();
-    let a = pack_rows(x, m, w.k, w.kp, fast);
+    assert!(residual.is_none_or(|r| r.len() == m * w.n));
+    let fast = fast && has_fast_path(w.format);
+    let bf16 = w.format == Format::Bf16;
+    let a: &[u32] = match w.format {
+        Format::Bf16 => {
+            pack_rows(x, m, w.k, w.steps, fast, scratch);
+            scratch
+        }
+        // SAFETY: f32 and u32 have the same size and alignment; the kernel reads bits.
+        Format::F32 => unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u32>(), x.len()) },
+    };
     // Every value is written by the first pass over the inner dimension (bias + sums).
-    let mut out: Vec<f32> = Vec::with_capacity(m * w.n);
+    out.clear();
+    out.reserve(m * w.n);
     let ptr = OutPtr(out.as_mut_ptr());
+    let res = residual.map(|r| OutPtr(r.as_ptr().cast_mut()));
     let panels = w.n.div_ceil(NR);
     let threads = rayon::current_num_threads().clamp(1, panels.max(1));
     let per = panels.div_ceil(threads);
     (0..threads).into_par_iter().for_each(|t| {
-        let ptr = ptr;
+        let (ptr, res) = (ptr, res);
         let mine = t * per..((t + 1) * per).min(panels);
-        for k0 in (0..w.kp).step_by(KC) {
-            let kc = KC.min(w.kp - k0);
+        for k0 in (0..w.steps).step_by(KC) {
+            let kc = KC.min(w.steps - k0);
+            let last = k0 + kc == w.steps;
             for m0 in (0..m).step_by(MC) {
                 let mc = MC.min(m - m0);
                 for p in mine.clone() {
@@ -205,22 +291,41 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedBf16, bias: &[f32], epilogue: Epilo
                     let mut r = 0;
                     while r < mc {
                         let rows = MR.min(mc - r);
-                        let arow = (m0 + r) * w.kp + k0;
+                        let arow = (m0 + r) * w.steps + k0;
+                        let at = (m0 + r) * w.n + p * NR;
                         // SAFETY: rows m0+r .. m0+r+rows and columns p·NR .. p·NR+cols
-                        // lie inside `out`; no other thread writes these columns.
-                        let c = unsafe { ptr.0.add((m0 + r) * w.n + p * NR) };
+                        // lie inside `out` (and `residual`, of the same shape); no other
+                        // thread writes these columns.
+                        let c = unsafe { ptr.0.add(at) };
+                        let residual = res.filter(|_| last).map(|r| unsafe { r.0.add(at).cast_const() });
                         let bias = (k0 == 0).then(|| &bias[p * NR..p * NR + cols]);
-                        let gelu = epilogue == Epilogue::BiasGelu && k0 + kc == w.kp;
-                        let tile = Tile { rows, a: &a[arow..], lda: w.kp, panel, kc, c, ldc: w.n, cols, bias, gelu };
+                        let gelu = epilogue == Epilogue::BiasGelu && last;
+                        let tile = Tile {
+                            rows,
+                            a: &a[arow..],
+                            lda: w.steps,
+                            panel,
+                            kc,
+                            c,
+                            ldc: w.n,
+                            cols,
+                            bias,
+                            gelu,
+                            residual,
+                        };
                         if fast {
                             #[cfg(target_arch = "x86_64")]
                             // SAFETY: the CPU has the instructions (checked above);
-                            // the pointers cover `rows` rows of `kc` pairs and the panel.
+                            // the pointers cover `rows` rows of `kc` steps and the panel.
                             unsafe {
-                                avx512::block(&tile)
+                                if bf16 {
+                                    avx512::block_bf16(&tile)
+                                } else {
+                                    avx512::block_f32(&tile)
+                                }
                             };
                         } else {
-                            portable(&tile);
+                            portable(&tile, bf16);
                         }
                         r += rows;
                     }
@@ -230,30 +335,39 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedBf16, bias: &[f32], epilogue: Epilo
     });
     // SAFETY: the first pass wrote all m × n values (see above).
     unsafe { out.set_len(m * w.n) };
-    out
 }
 
-/// The same sums as the AVX512 kernel, one output at a time.
-fn portable(t: &Tile) {
-    let Tile { rows, a, lda, panel, kc, c, ldc, cols, bias, gelu } = *t;
+/// The same sums as the AVX-512 kernels, one output at a time.
+fn portable(t: &Tile, bf16: bool) {
+    let Tile { rows, a, lda, panel, kc, c, ldc, cols, bias, gelu, residual } = *t;
     for r in 0..rows {
         let mut acc = [0f32; NR];
-        for pair in 0..kc {
-            let av = a[r * lda + pair];
-            let (a0, a1) = (bf16_to_f32(av as u16), bf16_to_f32((av >> 16) as u16));
-            let line = &panel[pair * NR..(pair + 1) * NR];
-            for (s, &bv) in acc.iter_mut().zip(line) {
-                *s += a0 * bf16_to_f32(bv as u16) + a1 * bf16_to_f32((bv >> 16) as u16);
+        for step in 0..kc {
+            let av = a[r * lda + step];
+            let line = &panel[step * NR..(step + 1) * NR];
+            if bf16 {
+                let (a0, a1) = (bf16_to_f32(av as u16), bf16_to_f32((av >> 16) as u16));
+                for (s, &bv) in acc.iter_mut().zip(line) {
+                    *s += a0 * bf16_to_f32(bv as u16) + a1 * bf16_to_f32((bv >> 16) as u16);
+                }
+            } else {
+                let a0 = f32::from_bits(av);
+                for (s, &bv) in acc.iter_mut().zip(line) {
+                    *s += a0 * f32::from_bits(bv);
+                }
             }
         }
         for (j, &s) in acc.iter().enumerate().take(cols) {
             // SAFETY: see `matmul`.
             unsafe {
                 let o = c.add(r * ldc + j);
-                let v = match bias {
+                let mut v = match bias {
                     Some(b) => s + b[j],
                     None => *o + s,
                 };
+                if let Some(res) = residual {
+                    v += *res.add(r * ldc + j);
+                }
                 *o = if gelu { self::gelu(v) } else { v };
             }
         }
@@ -261,69 +375,107 @@ fn portable(t: &Tile) {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::exp_neg16;
+
+#[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{Tile, ERF_A, ERF_P, MR, NR, NV};
 
-    /// Dispatches the tile's `rows` (1..=MR) to the kernel compiled for that many rows.
+    /// Dispatches the tile's `rows` (1..=MR) to the bf16 kernel compiled for that many rows.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn block(t: &Tile) {
-        let Tile { rows, a, lda, panel, kc, c, ldc, cols, bias, gelu } = *t;
-        debug_assert!(a.len() >= (rows - 1) * lda + kc && panel.len() >= kc * NR);
-        let (a, b) = (a.as_ptr(), panel.as_ptr());
+    pub(super) unsafe fn block_bf16(t: &Tile) {
+        debug_assert!(t.a.len() >= (t.rows - 1) * t.lda + t.kc && t.panel.len() >= t.kc * NR);
         macro_rules! go {
             ($($n:literal)*) => {
-                match rows { $($n => kernel::<$n>(a, lda, b, kc, c, ldc, cols, bias, gelu),)* _ => unreachable!() }
+                match t.rows { $($n => kernel_bf16::<$n>(t),)* _ => unreachable!() }
             };
         }
         go!(1 2 3 4 5 6);
     }
 
-    /// `R` rows × NR columns: R·NV accumulators live in registers for the whole pass.
-    #[allow(clippy::too_many_arguments)]
+    /// The same for the f32 kernel.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn block_f32(t: &Tile) {
+        debug_assert!(t.a.len() >= (t.rows - 1) * t.lda + t.kc && t.panel.len() >= t.kc * NR);
+        macro_rules! go {
+            ($($n:literal)*) => {
+                match t.rows { $($n => kernel_f32::<$n>(t),)* _ => unreachable!() }
+            };
+        }
+        go!(1 2 3 4 5 6);
+    }
+
+    /// `R` rows × NR columns in bf16 pairs: R·NV accumulators live in registers for the
+    /// whole pass.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn kernel<const R: usize>(
-        a: *const u32,
-        lda: usize,
-        b: *const u32,
-        kc: usize,
-        c: *mut f32,
-        ldc: usize,
-        cols: usize,
-        bias: Option<&[f32]>,
-        gelu: bool,
-    ) {
+    unsafe fn kernel_bf16<const R: usize>(t: &Tile) {
         const { assert!(R <= MR) };
+        let (a, b) = (t.a.as_ptr(), t.panel.as_ptr());
         let mut acc = [[_mm512_setzero_ps(); NV]; R];
-        for pair in 0..kc {
+        for pair in 0..t.kc {
             let line = b.add(pair * NR);
             let mut w = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); NV];
             for (v, wv) in w.iter_mut().enumerate() {
                 *wv = std::mem::transmute(_mm512_loadu_si512(line.add(16 * v).cast()));
             }
             for (r, sums) in acc.iter_mut().enumerate() {
-                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * lda + pair) as i32));
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * t.lda + pair) as i32));
                 for (s, &wv) in sums.iter_mut().zip(&w) {
                     *s = _mm512_dpbf16_ps(*s, av, wv);
                 }
             }
         }
-        let masks: [__mmask16; NV] = std::array::from_fn(|v| lane_mask(cols.saturating_sub(16 * v)));
+        store(t, &acc);
+    }
+
+    /// `R` rows × NR columns in f32, the same way.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn kernel_f32<const R: usize>(t: &Tile) {
+        const { assert!(R <= MR) };
+        let (a, b) = (t.a.as_ptr().cast::<f32>(), t.panel.as_ptr().cast::<f32>());
+        let mut acc = [[_mm512_setzero_ps(); NV]; R];
+        for step in 0..t.kc {
+            let line = b.add(step * NR);
+            let mut w = [_mm512_setzero_ps(); NV];
+            for (v, wv) in w.iter_mut().enumerate() {
+                *wv = _mm512_loadu_ps(line.add(16 * v));
+            }
+            for (r, sums) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a.add(r * t.lda + step));
+                for (s, &wv) in sums.iter_mut().zip(&w) {
+                    *s = _mm512_fmadd_ps(av, wv, *s);
+                }
+            }
+        }
+        store(t, &acc);
+    }
+
+    /// Adds the sums to the bias (first pass) or to what `c` holds, applies the last
+    /// pass's GELU or residual, and stores the tile's `cols` columns.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store<const R: usize>(t: &Tile, acc: &[[__m512; NV]; R]) {
+        let masks: [__mmask16; NV] = std::array::from_fn(|v| lane_mask(t.cols.saturating_sub(16 * v)));
         for (r, sums) in acc.iter().enumerate() {
             for (h, &s) in sums.iter().enumerate() {
                 let m = masks[h];
                 if m == 0 {
                     continue;
                 }
-                let o = c.add(r * ldc + h * 16);
-                let base = match bias {
+                let o = t.c.add(r * t.ldc + h * 16);
+                let base = match t.bias {
                     Some(bias) => _mm512_maskz_loadu_ps(m, bias.as_ptr().add(h * 16)),
                     None => _mm512_maskz_loadu_ps(m, o),
                 };
-                let v = _mm512_add_ps(base, s);
-                _mm512_mask_storeu_ps(o, m, if gelu { gelu16(v) } else { v });
+                let mut v = _mm512_add_ps(base, s);
+                if let Some(res) = t.residual {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res.add(r * t.ldc + h * 16)));
+                }
+                _mm512_mask_storeu_ps(o, m, if t.gelu { gelu16(v) } else { v });
             }
         }
     }
@@ -346,7 +498,7 @@ mod avx512 {
     /// (relative error about 2e-7).
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn exp_neg16(x: __m512) -> __m512 {
+    pub(crate) unsafe fn exp_neg16(x: __m512) -> __m512 {
         let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
             x,
@@ -406,9 +558,9 @@ mod tests {
             .collect()
     }
 
-    /// The exact sums of the bf16-rounded operands, in f64.
-    fn reference(x: &[f32], w: &[f32], bias: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
-        let r = |v: f32| bf16_to_f32(bf16_bits(v)) as f64;
+    /// The exact sums of the operands (rounded to bf16 first for `Format::Bf16`), in f64.
+    fn reference(x: &[f32], w: &[f32], bias: &[f32], m: usize, k: usize, n: usize, format: Format) -> Vec<f64> {
+        let r = |v: f32| if format == Format::Bf16 { bf16_to_f32(bf16_bits(v)) as f64 } else { v as f64 };
         let mut out = vec![0f64; m * n];
         for i in 0..m {
             for j in 0..n {
@@ -481,27 +633,32 @@ mod tests {
     }
 
     #[test]
-    fn both_paths_match_exact_sums_of_the_rounded_operands() {
+    fn both_paths_of_both_formats_match_exact_sums() {
         // Shapes that exercise every remainder: rows not a multiple of MR or MC, odd
-        // inner dimensions, columns not a multiple of 16 or 32, inner dimension > KC pairs.
+        // inner dimensions, columns not a multiple of 16 or 64, inner dimension > KC steps.
         for &(m, k, n) in &[(1, 1, 1), (5, 7, 17), (13, 64, 32), (25, 33, 70), (100, 1030, 48), (97, 2100, 37)] {
-            let (x, w, bias) = (matrix(m * k, 1), matrix(k * n, 2), matrix(n, 3));
-            let exact = reference(&x, &w, &bias, m, k, n);
-            let packed = PackedBf16::pack(&w, k, n).unwrap();
-            for fast in [false, true] {
-                if fast && !has_avx512_bf16() {
-                    eprintln!("this CPU has no AVX512-BF16: only the portable path is tested");
-                    continue;
-                }
-                let got = matmul(&x, m, &packed, &bias, Epilogue::Bias, fast);
-                let with_gelu = matmul(&x, m, &packed, &bias, Epilogue::BiasGelu, fast);
-                for (i, (&g, &e)) in got.iter().zip(&exact).enumerate() {
-                    // f32 sums of k products of size ≤ 1: error ≤ k · 2^-24 · |terms|.
-                    let tol = 1e-6 * (k as f64 + 1.0);
-                    assert!((g as f64 - e).abs() <= tol, "{m}×{k}×{n} fast={fast} at {i}: {g} vs {e}");
-                    let want = 0.5 * e * (1.0 + exact_erf(e / std::f64::consts::SQRT_2));
-                    let gelu_tol = tol + 5e-7 * e.abs();
-                    assert!((with_gelu[i] as f64 - want).abs() <= gelu_tol, "gelu {m}×{k}×{n} fast={fast} at {i}");
+            let (x, w, bias, res) = (matrix(m * k, 1), matrix(k * n, 2), matrix(n, 3), matrix(m * n, 4));
+            for format in [Format::Bf16, Format::F32] {
+                let exact = reference(&x, &w, &bias, m, k, n, format);
+                let packed = Packed::pack(&w, k, n, format).unwrap();
+                for fast in [false, true] {
+                    if fast && !has_fast_path(format) {
+                        eprintln!("this CPU has no fast path for {format:?}: only the portable one is tested");
+                        continue;
+                    }
+                    let got = matmul(&x, m, &packed, &bias, Epilogue::Bias, None, fast);
+                    let with_gelu = matmul(&x, m, &packed, &bias, Epilogue::BiasGelu, None, fast);
+                    let with_res = matmul(&x, m, &packed, &bias, Epilogue::Bias, Some(&res), fast);
+                    for (i, &e) in exact.iter().enumerate() {
+                        // f32 sums of k products of size ≤ 1: error ≤ k · 2^-24 · |terms|.
+                        let tol = 1e-6 * (k as f64 + 1.0);
+                        let at = format!("{format:?} {m}×{k}×{n} fast={fast} at {i}");
+                        assert!((got[i] as f64 - e).abs() <= tol, "{at}: {} vs {e}", got[i]);
+                        let want = 0.5 * e * (1.0 + exact_erf(e / std::f64::consts::SQRT_2));
+                        let gelu_tol = tol + 5e-7 * e.abs();
+                        assert!((with_gelu[i] as f64 - want).abs() <= gelu_tol, "gelu {at}");
+                        assert!((with_res[i] as f64 - e - res[i] as f64).abs() <= tol + 1e-7, "residual {at}");
+                    }
                 }
             }
         }

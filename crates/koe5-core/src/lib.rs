@@ -9,6 +9,7 @@ pub mod error;
 pub mod hub;
 pub mod kernels;
 pub mod model;
+pub mod ops;
 pub mod pooling;
 pub mod tokenize;
 pub mod weights;
@@ -26,8 +27,9 @@ pub use error::{Error, ErrorKind, Result};
 pub use pooling::Pooling;
 pub use tokenize::{Kind, TextTokenizer};
 
-/// Padded tokens per forward pass. Attention scores of one batch take
-/// `heads × budget × longest × 4` bytes: 64 MiB for KoE5 at 512-token inputs. The
+/// Padded tokens per forward pass. A forward pass holds its activations once
+/// (`budget × (3 + 1 + 1 + 4 + 1) × hidden` f32 values in the buffers every layer
+/// reuses: 80 MiB for KoE5; attention keeps only a few rows of scores per task). The
 /// largest step between two interrupt checks (the FFN expansion of one batch) is then
 /// about 17 GFLOP: a cancel lands within about 0.3 s at KoE5's size on 2 cores
 /// (stress/run.sh measures it).
@@ -103,7 +105,8 @@ impl Embedder {
         let encoder = {
             let tensors = weights::read_f32(&spec.weights, &model::stored_transposed, interrupt)?;
             let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-            model::Encoder::new(&spec.encoder, spec.activation, precision, vb).map_err(|e| Error::weights(&spec.weights, e))?
+            model::Encoder::new(&spec.encoder, spec.activation, precision, vb)
+                .map_err(|e| Error::weights(&spec.weights, e))?
         };
         if file_stamp(&spec.weights)? != before {
             return Err(Error::new(

@@ -1,14 +1,18 @@
-//! The XLM-RoBERTa encoder, built on candle. Structs mirror Hugging Face's module
-//! tree (`embeddings`, `encoder.layer.N.attention.self`, …) so their names are the
-//! safetensors keys. The forward pass returns the last hidden state; pooling is the
-//! caller's job. Between layers it calls the caller's interrupt hook, which is how
-//! PostgreSQL's cancel and statement_timeout reach a long batch.
+//! The XLM-RoBERTa encoder. Weights are read through candle's `VarBuilder`, with
+//! names that mirror Hugging Face's module tree (`embeddings`,
+//! `encoder.layer.N.attention.self`, …), i.e. the safetensors keys; the forward pass is
+//! koe5's own, on plain f32 buffers: packed dense layers with fused epilogues
+//! ([`kernels`]), attention and LayerNorm ([`ops`]). It returns the last hidden state;
+//! pooling is the caller's job. Between steps it calls the caller's interrupt hook,
+//! which is how PostgreSQL's cancel and statement_timeout reach a long batch.
 
-use candle_core::{DType, Device, Module, Storage, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_core::{Device, Storage, Tensor};
+use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use crate::config::{Activation, EncoderConfig};
-use crate::kernels::{self, Epilogue, PackedBf16};
+use crate::kernels::{self, Epilogue, Format, Packed};
+use crate::ops::{self, Attention};
 use crate::Precision;
 
 type CResult<T> = candle_core::Result<T>;
@@ -19,31 +23,65 @@ pub fn stored_transposed(name: &str) -> bool {
     [".query.weight", ".key.weight", ".value.weight", ".dense.weight"].iter().any(|s| name.ends_with(s))
 }
 
-/// A dense layer whose weight is stored transposed (`in × out`): contiguous f32, so
-/// every forward pass multiplies by it as it lies in memory, or packed bf16 for
-/// [`kernels::matmul`].
-enum Dense {
-    F32 { weight_t: Tensor, bias: Tensor },
-    Bf16 { packed: PackedBf16, bias: Vec<f32> },
+/// A dense layer, `x · W + b`, with `W` (`k × n`) packed for [`kernels::matmul`]; or,
+/// in f32 on a CPU without AVX512F, kept as a candle tensor for candle's matmul (whose
+/// gemm has AVX2 and NEON kernels), the epilogue then applied in a second pass.
+struct Dense {
+    weights: Weights,
+    bias: Vec<f32>,
+    k: usize,
+    n: usize,
+}
+
+enum Weights {
+    Packed(Packed),
+    Candle(Tensor),
 }
 
 impl Dense {
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        self.forward_with(x, Epilogue::Bias)
+    /// `w` is `k × n` row-major (transposed already).
+    fn new(w: &[f32], bias: Vec<f32>, k: usize, n: usize, precision: Precision) -> CResult<Dense> {
+        let format = match precision {
+            Precision::F32 => Format::F32,
+            Precision::Bf16 => Format::Bf16,
+        };
+        let weights = if format == Format::F32 && !kernels::has_fast_path(Format::F32) {
+            Weights::Candle(Tensor::from_slice(w, (k, n), &Device::Cpu)?)
+        } else {
+            Weights::Packed(Packed::pack(w, k, n, format).ok_or_else(|| {
+                candle_core::Error::Msg(format!("out of memory packing a {k}×{n} weight ({format:?})"))
+            })?)
+        };
+        Ok(Dense { weights, bias, k, n })
     }
 
-    /// `x · W + b`, then the epilogue's activation (bf16 weights only: the caller
-    /// applies it to f32 layers, see `Layer::forward`).
-    fn forward_with(&self, x: &Tensor, epilogue: Epilogue) -> CResult<Tensor> {
-        match self {
-            Dense::F32 { weight_t, bias } => x.matmul(weight_t)?.broadcast_add(bias),
-            Dense::Bf16 { packed, bias } => {
-                let rows = x.dim(0)?;
-                // The AVX512-BF16 kernel where the CPU has it (matmul checks).
-                let out = with_f32_slice(x, |xs| kernels::matmul(xs, rows, packed, bias, epilogue, true))?;
-                Tensor::from_vec(out, (rows, packed.n), x.device())
+    /// `x · W + b` over `m` rows into `out`, then GELU (`Epilogue::BiasGelu`, exact-erf)
+    /// or `residual` added.
+    fn forward(
+        &self,
+        x: &[f32],
+        m: usize,
+        epilogue: Epilogue,
+        residual: Option<&[f32]>,
+        out: &mut Vec<f32>,
+        scratch: &mut Vec<u32>,
+    ) -> CResult<()> {
+        match &self.weights {
+            Weights::Packed(p) => kernels::matmul_into(x, m, p, &self.bias, epilogue, residual, true, out, scratch),
+            Weights::Candle(w) => {
+                *out = Tensor::from_slice(x, (m, self.k), &Device::Cpu)?.matmul(w)?.flatten_all()?.to_vec1::<f32>()?;
+                out.par_chunks_mut(self.n).enumerate().for_each(|(r, row)| {
+                    let res = residual.map(|res| &res[r * self.n..(r + 1) * self.n]);
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v += self.bias[j] + res.map_or(0.0, |res| res[j]);
+                        if epilogue == Epilogue::BiasGelu {
+                            *v = kernels::gelu(*v);
+                        }
+                    }
+                });
             }
         }
+        Ok(())
     }
 }
 
@@ -60,48 +98,72 @@ fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> CResult<T> {
     }
 }
 
-fn linear(vb: VarBuilder, inp: usize, out: usize, precision: Precision) -> CResult<Dense> {
+/// One dense layer, or several side by side (Q, K and V as one `k × 3k` multiply).
+fn linear(vbs: &[VarBuilder], inp: usize, out: usize, precision: Precision) -> CResult<Dense> {
+    let n = out * vbs.len();
     // Read transposed already: see `stored_transposed`.
-    let weight_t = vb.get((inp, out), "weight")?;
-    let bias = vb.get(out, "bias")?;
-    Ok(match precision {
-        Precision::F32 => Dense::F32 { weight_t, bias },
-        Precision::Bf16 => {
-            let packed = with_f32_slice(&weight_t, |w| PackedBf16::pack(w, inp, out))?
-                .ok_or_else(|| candle_core::Error::Msg(format!("out of memory packing a {inp}×{out} weight in bf16")))?;
-            Dense::Bf16 { packed, bias: bias.to_vec1()? }
-        }
-    })
+    let weights = vbs.iter().map(|vb| vb.get((inp, out), "weight")).collect::<CResult<Vec<_>>>()?;
+    let mut bias = Vec::with_capacity(n);
+    for vb in vbs {
+        bias.extend(vb.get(out, "bias")?.to_vec1::<f32>()?);
+    }
+    if let [w] = weights.as_slice() {
+        return with_f32_slice(w, |w| Dense::new(w, bias, inp, n, precision))?;
+    }
+    let mut joined = vec![0f32; inp * n];
+    for (i, w) in weights.iter().enumerate() {
+        with_f32_slice(w, |w| {
+            for r in 0..inp {
+                joined[r * n + i * out..r * n + (i + 1) * out].copy_from_slice(&w[r * out..(r + 1) * out]);
+            }
+        })?;
+    }
+    drop(weights);
+    Dense::new(&joined, bias, inp, n, precision)
 }
 
-fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> CResult<LayerNorm> {
-    candle_nn::layer_norm(size, eps, vb)
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    fn new(vb: VarBuilder, size: usize, eps: f64) -> CResult<Norm> {
+        Ok(Norm { gamma: vb.get(size, "weight")?.to_vec1()?, beta: vb.get(size, "bias")?.to_vec1()?, eps: eps as f32 })
+    }
+
+    fn forward(&self, x: &mut [f32]) {
+        ops::layer_norm(x, &self.gamma, &self.beta, self.eps, true)
+    }
 }
 
 struct Embeddings {
-    word: Embedding,
-    position: Embedding,
+    /// `vocab × hidden` and `positions × hidden`, kept as read (rows are gathered).
+    word: Tensor,
+    position: Tensor,
     /// Row 0 of the token-type table: XLM-R inputs are all type 0.
-    token_type0: Tensor,
-    norm: LayerNorm,
+    token_type0: Vec<f32>,
+    norm: Norm,
     pad_id: u32,
+    hidden: usize,
 }
 
 impl Embeddings {
     fn new(cfg: &EncoderConfig, vb: VarBuilder) -> CResult<Self> {
         let h = cfg.hidden_size;
-        let word = candle_nn::embedding(cfg.vocab_size, h, vb.pp("word_embeddings"))?;
-        let position = candle_nn::embedding(cfg.max_position_embeddings, h, vb.pp("position_embeddings"))?;
+        let word = vb.pp("word_embeddings").get((cfg.vocab_size, h), "weight")?;
+        let position = vb.pp("position_embeddings").get((cfg.max_position_embeddings, h), "weight")?;
         let token_type = vb.pp("token_type_embeddings").get((cfg.type_vocab_size, h), "weight")?;
-        let norm = layer_norm(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?;
-        Ok(Embeddings { word, position, token_type0: token_type.get(0)?, norm, pad_id: cfg.pad_token_id })
+        let norm = Norm::new(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?;
+        let token_type0 = token_type.get(0)?.to_vec1()?;
+        Ok(Embeddings { word, position, token_type0, norm, pad_id: cfg.pad_token_id, hidden: h })
     }
 
     /// `ids` is `batch × seq`, row-major, padded with the pad id.
-    fn forward(&self, ids: &[u32], batch: usize, seq: usize, dev: &Device) -> CResult<Tensor> {
+    fn forward(&self, ids: &[u32], seq: usize) -> CResult<Vec<f32>> {
         // Hugging Face numbers positions by counting non-pad ids, starting at pad + 1;
         // every pad id (padding, or a literal "<pad>" in the text) gets position pad.
-        // Counting in integers keeps ids above 256 exact in any float precision.
         let mut positions = Vec::with_capacity(ids.len());
         for row in ids.chunks_exact(seq) {
             let mut count = 0u32;
@@ -114,24 +176,38 @@ impl Embeddings {
                 }
             }
         }
-        let ids_t = Tensor::from_slice(ids, (batch * seq,), dev)?;
-        let pos_t = Tensor::from_vec(positions, (batch * seq,), dev)?;
-        let x = self.word.forward(&ids_t)?;
-        let x = (x + self.position.forward(&pos_t)?)?;
-        let x = x.broadcast_add(&self.token_type0)?;
-        self.norm.forward(&x)
+        let h = self.hidden;
+        let (vocab, npos) = (self.word.dim(0)?, self.position.dim(0)?);
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            candle_core::bail!("token id {bad} is outside the vocabulary of {vocab}");
+        }
+        if let Some(&bad) = positions.iter().find(|&&p| p as usize >= npos) {
+            candle_core::bail!("position {bad} is outside the model's {npos} positions");
+        }
+        let mut x = vec![0f32; ids.len() * h];
+        with_f32_slice(&self.word, |word| {
+            with_f32_slice(&self.position, |pos| {
+                x.par_chunks_mut(h).zip(ids.par_iter().zip(&positions)).for_each(|(row, (&id, &p))| {
+                    let (w, q) = (&word[id as usize * h..][..h], &pos[p as usize * h..][..h]);
+                    for (c, v) in row.iter_mut().enumerate() {
+                        *v = w[c] + q[c] + self.token_type0[c];
+                    }
+                });
+            })
+        })??;
+        self.norm.forward(&mut x);
+        Ok(x)
     }
 }
 
 struct Layer {
-    query: Dense,
-    key: Dense,
-    value: Dense,
+    /// Queries, keys and values side by side: one `hidden × 3·hidden` multiply.
+    qkv: Dense,
     attn_out: Dense,
-    attn_norm: LayerNorm,
+    attn_norm: Norm,
     inter: Dense,
     out: Dense,
-    out_norm: LayerNorm,
+    out_norm: Norm,
     heads: usize,
     head_dim: usize,
     activation: Activation,
@@ -143,61 +219,68 @@ impl Layer {
         let att = vb.pp("attention");
         let sel = att.pp("self");
         Ok(Layer {
-            query: linear(sel.pp("query"), h, h, precision)?,
-            key: linear(sel.pp("key"), h, h, precision)?,
-            value: linear(sel.pp("value"), h, h, precision)?,
-            attn_out: linear(att.pp("output").pp("dense"), h, h, precision)?,
-            attn_norm: layer_norm(att.pp("output").pp("LayerNorm"), h, cfg.layer_norm_eps)?,
-            inter: linear(vb.pp("intermediate").pp("dense"), h, cfg.intermediate_size, precision)?,
-            out: linear(vb.pp("output").pp("dense"), cfg.intermediate_size, h, precision)?,
-            out_norm: layer_norm(vb.pp("output").pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            qkv: linear(&[sel.pp("query"), sel.pp("key"), sel.pp("value")], h, h, precision)?,
+            attn_out: linear(&[att.pp("output").pp("dense")], h, h, precision)?,
+            attn_norm: Norm::new(att.pp("output").pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            inter: linear(&[vb.pp("intermediate").pp("dense")], h, cfg.intermediate_size, precision)?,
+            out: linear(&[vb.pp("output").pp("dense")], cfg.intermediate_size, h, precision)?,
+            out_norm: Norm::new(vb.pp("output").pp("LayerNorm"), h, cfg.layer_norm_eps)?,
             heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
             activation,
         })
     }
 
-    /// `x` is `(batch·seq) × hidden`; `mask` is `batch × 1 × 1 × seq`, 0 or -inf.
-    /// One encoder layer; `interrupt` runs between its four big steps (the Q/K/V
-    /// projections, attention, the FFN's expansion, its projection), so a cancel never
-    /// waits for a whole layer.
-    fn forward(
-        &self,
-        x: &Tensor,
-        mask: &Tensor,
-        batch: usize,
-        seq: usize,
-        interrupt: &mut dyn FnMut(),
-    ) -> CResult<Tensor> {
-        let split = |t: Tensor| -> CResult<Tensor> {
-            t.reshape((batch, seq, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
-        };
-        let q = split(self.query.forward(x)?)?;
-        let k = split(self.key.forward(x)?)?;
-        let v = split(self.value.forward(x)?)?;
+    /// One encoder layer over `work.x`, `(batch·seq) × hidden`, in place; `interrupt`
+    /// runs between its four big steps (the Q/K/V projection, attention, the FFN's
+    /// expansion, its projection), so a cancel never waits for a whole layer.
+    fn forward(&self, work: &mut Work, lens: &[usize], seq: usize, interrupt: &mut dyn FnMut()) -> CResult<()> {
+        let m = lens.len() * seq;
+        let Work { x, qkv, ctx, attn, inter, scratch } = work;
+        self.qkv.forward(x, m, Epilogue::Bias, None, qkv, scratch)?;
         interrupt();
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let ctx =
-            probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * seq, self.heads * self.head_dim))?;
-        let attn = self.attn_norm.forward(&(self.attn_out.forward(&ctx)? + x)?)?;
+        let att = Attention { qkv, batch: lens.len(), seq, lens, heads: self.heads, head_dim: self.head_dim };
+        ops::attention_into(&att, true, ctx);
+        self.attn_out.forward(ctx, m, Epilogue::Bias, Some(x), attn, scratch)?;
+        self.attn_norm.forward(attn);
         interrupt();
-        let inter = match (self.activation, &self.inter) {
-            (Activation::GeluErf, Dense::Bf16 { .. }) => self.inter.forward_with(&attn, Epilogue::BiasGelu)?,
-            (Activation::GeluErf, _) => self.inter.forward(&attn)?.gelu_erf()?,
-            (Activation::GeluTanh, _) => self.inter.forward(&attn)?.gelu()?,
-        };
+        match self.activation {
+            Activation::GeluErf => self.inter.forward(attn, m, Epilogue::BiasGelu, None, inter, scratch)?,
+            Activation::GeluTanh => {
+                self.inter.forward(attn, m, Epilogue::Bias, None, inter, scratch)?;
+                inter.par_iter_mut().for_each(|x| *x = gelu_tanh(*x));
+            }
+        }
         interrupt();
-        self.out_norm.forward(&(self.out.forward(&inter)? + attn)?)
+        // The layer's input is no longer needed: its output takes its place.
+        self.out.forward(inter, m, Epilogue::Bias, Some(attn), x, scratch)?;
+        self.out_norm.forward(x);
+        Ok(())
     }
+}
+
+/// The buffers of one forward pass, reused by every layer (so its memory is allocated
+/// and faulted in once, not 24 times).
+#[derive(Default)]
+struct Work {
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    attn: Vec<f32>,
+    inter: Vec<f32>,
+    /// A dense layer's input rounded to bf16.
+    scratch: Vec<u32>,
+}
+
+/// GELU's tanh approximation, as `gelu_new` and `gelu_pytorch_tanh` define it.
+fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (x + 0.044_715 * x * x * x)).tanh())
 }
 
 pub struct Encoder {
     embeddings: Embeddings,
     layers: Vec<Layer>,
     hidden: usize,
-    device: Device,
 }
 
 impl Encoder {
@@ -214,29 +297,59 @@ impl Encoder {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::new(cfg, activation, precision, vb.pp(format!("encoder.layer.{i}"))))
             .collect::<CResult<Vec<_>>>()?;
-        Ok(Encoder { embeddings, layers, hidden: cfg.hidden_size, device: vb.device().clone() })
+        Ok(Encoder { embeddings, layers, hidden: cfg.hidden_size })
     }
 
     pub fn hidden_size(&self) -> usize {
         self.hidden
     }
 
-    /// Runs the encoder over `batch` sequences padded to `seq` tokens. `lens[i]` is
+    /// Runs the encoder over `lens.len()` sequences padded to `seq` tokens. `lens[i]` is
     /// the number of real tokens of sequence `i`. Returns the last hidden state,
-    /// `(batch·seq) × hidden`, row-major. `interrupt` runs before each layer.
+    /// `(batch·seq) × hidden`, row-major; rows past a sequence's end hold no meaning.
+    /// `interrupt` runs before each layer.
     pub fn forward(&self, ids: &[u32], lens: &[usize], seq: usize, interrupt: &mut dyn FnMut()) -> CResult<Vec<f32>> {
-        let batch = lens.len();
-        debug_assert_eq!(ids.len(), batch * seq);
-        let mut mask = Vec::with_capacity(batch * seq);
-        for &len in lens {
-            mask.extend((0..seq).map(|j| if j < len { 0f32 } else { f32::NEG_INFINITY }));
-        }
-        let mask = Tensor::from_vec(mask, (batch, 1, 1, seq), &self.device)?;
-        let mut x = self.embeddings.forward(ids, batch, seq, &self.device)?;
+        debug_assert_eq!(ids.len(), lens.len() * seq);
+        let mut work = Work { x: self.embeddings.forward(ids, seq)?, ..Work::default() };
         for layer in &self.layers {
             interrupt();
-            x = layer.forward(&x, &mask, batch, seq, interrupt)?;
+            layer.forward(&mut work, lens, seq, interrupt)?;
         }
-        x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+        Ok(work.x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a CPU without AVX512F an f32 layer multiplies with candle and applies the
+    /// epilogue in a second pass: the same numbers as the packed kernel's.
+    #[test]
+    fn candle_fallback_equals_the_packed_kernel() {
+        let (m, k, n) = (7, 40, 70);
+        let val = |i: usize, seed: usize| ((i * 7919 + seed * 104_729) % 1013) as f32 / 1013.0 - 0.5;
+        let w: Vec<f32> = (0..k * n).map(|i| val(i, 1)).collect();
+        let x: Vec<f32> = (0..m * k).map(|i| val(i, 2)).collect();
+        let res: Vec<f32> = (0..m * n).map(|i| val(i, 3)).collect();
+        let bias: Vec<f32> = (0..n).map(|i| val(i, 4)).collect();
+        let packed =
+            Dense { weights: Weights::Packed(Packed::pack(&w, k, n, Format::F32).unwrap()), bias: bias.clone(), k, n };
+        let candle =
+            Dense { weights: Weights::Candle(Tensor::from_slice(&w, (k, n), &Device::Cpu).unwrap()), bias, k, n };
+        for (epilogue, residual) in
+            [(Epilogue::Bias, None), (Epilogue::BiasGelu, None), (Epilogue::Bias, Some(&res[..]))]
+        {
+            let run = |d: &Dense| {
+                let mut out = Vec::new();
+                d.forward(&x, m, epilogue, residual, &mut out, &mut Vec::new()).unwrap();
+                out
+            };
+            let (a, b) = (run(&packed), run(&candle));
+            assert_eq!(a.len(), m * n);
+            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                assert!((p - q).abs() <= 1e-5, "{epilogue:?} residual={} at {i}: {p} vs {q}", residual.is_some());
+            }
+        }
     }
 }

@@ -162,15 +162,19 @@ fn bf16_vectors_stay_within_the_documented_bound_on_both_kernels() {
     // The portable kernel computes the same sums in another order: equal within f32
     // rounding, whatever this CPU has.
     let a: Vec<f32> = (0..64 * 70).map(|i| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5).collect();
-    let w = koe5_core::kernels::PackedBf16::pack(&a, 64, 70).unwrap();
+    use koe5_core::kernels::{matmul, Epilogue, Format, Packed};
+    let w = Packed::pack(&a, 64, 70, Format::Bf16).unwrap();
     let bias: Vec<f32> = (0..70).map(|i| i as f32 / 100.0).collect();
     let x = &a[..64 * 64];
-    let fast = koe5_core::kernels::matmul(x, 64, &w, &bias, koe5_core::kernels::Epilogue::BiasGelu, true);
-    let portable = koe5_core::kernels::matmul(x, 64, &w, &bias, koe5_core::kernels::Epilogue::BiasGelu, false);
+    let fast = matmul(x, 64, &w, &bias, Epilogue::BiasGelu, None, true);
+    let portable = matmul(x, 64, &w, &bias, Epilogue::BiasGelu, None, false);
     assert!(fast.iter().zip(&portable).all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs().max(1.0)));
     // And bf16 really ran: its vectors are not the f32 ones.
     let f32_model = Embedder::load(&fixtures().join("tiny-xlmr")).unwrap();
     let text = cases[0]["text"].as_str().unwrap();
-    let (x, y) = (e.embed_one(Kind::Passage, text, &mut || {}).unwrap(), f32_model.embed_one(Kind::Passage, text, &mut || {}).unwrap());
+    let (x, y) = (
+        e.embed_one(Kind::Passage, text, &mut || {}).unwrap(),
+        f32_model.embed_one(Kind::Passage, text, &mut || {}).unwrap(),
+    );
     assert!(x.iter().zip(&y).any(|(p, q)| (p - q).abs() > 1e-6), "bf16 gave the f32 vector");
 }

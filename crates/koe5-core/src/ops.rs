@@ -1,0 +1,464 @@
+//! The encoder's work besides the dense layers, on plain row-major f32 buffers:
+//! self-attention (scores, softmax, weighted sum of values, one task per sequence and
+//! head, over the sequence's real tokens only) and LayerNorm. Each has one body,
+//! compiled twice: for AVX-512 (with fused multiply-adds, where the CPU has AVX512F)
+//! and portable; both sum in the same order, so they differ only by FMA rounding.
+
+use rayon::prelude::*;
+
+/// What one attention call works on: `batch` sequences of `seq` rows each, `lens[b]`
+/// of them real; each row of `qkv` holds the queries, keys and values of all heads
+/// (`3 × heads × head_dim` values, in that order).
+pub struct Attention<'a> {
+    pub qkv: &'a [f32],
+    pub batch: usize,
+    pub seq: usize,
+    pub lens: &'a [usize],
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+/// Query rows per step: their scores and weighted sums are 4 independent chains of
+/// multiply-adds, enough to keep the FMA unit busy.
+const QR: usize = 4;
+/// Lanes per chunk of keys or of a head's dimensions.
+const L: usize = 16;
+
+/// A pointer the tasks of one call share; each writes only its own (rows, head) cells.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// Softmax(Q·Kᵀ/√d)·V for every sequence and head; returns `(batch·seq) × (heads·head_dim)`.
+/// Padding rows and keys take no part: a padding row's output is zero.
+pub fn attention(a: &Attention, fast: bool) -> Vec<f32> {
+    let mut out = Vec::new();
+    attention_into(a, fast, &mut out);
+    out
+}
+
+/// [`attention`] into `out` (resized; an encoder reuses it from layer to layer).
+pub fn attention_into(a: &Attention, fast: bool, out: &mut Vec<f32>) {
+    let hidden = a.heads * a.head_dim;
+    assert_eq!(a.qkv.len(), a.batch * a.seq * 3 * hidden);
+    assert_eq!(a.lens.len(), a.batch);
+    out.clear();
+    out.reserve(a.batch * a.seq * hidden);
+    let ptr = Out(out.as_mut_ptr());
+    let fast = fast && crate::kernels::has_avx512f();
+    (0..a.batch * a.heads).into_par_iter().for_each(|task| {
+        let ptr = ptr;
+        let (b, h) = (task / a.heads, task % a.heads);
+        let len = a.lens[b].min(a.seq);
+        // SAFETY: this task alone writes rows b·seq .. (b+1)·seq, columns h·d .. (h+1)·d.
+        let out = unsafe { ptr.0.add(b * a.seq * hidden + h * a.head_dim) };
+        for i in len..a.seq {
+            // SAFETY: as above; padding rows are zero.
+            unsafe { std::ptr::write_bytes(out.add(i * hidden), 0, a.head_dim) };
+        }
+        if len == 0 {
+            return;
+        }
+        let rows = &a.qkv[b * a.seq * 3 * hidden..(b * a.seq + len) * 3 * hidden];
+        let job = Head { rows, stride: 3 * hidden, hidden, h, d: a.head_dim, len, out, ldo: hidden };
+        #[cfg(target_arch = "x86_64")]
+        if fast {
+            // SAFETY: the CPU has AVX512F (checked above).
+            unsafe { head_avx512(&job) };
+            return;
+        }
+        head_portable(&job);
+    });
+    // SAFETY: the tasks wrote every cell: each (sequence, head) its real rows' outputs
+    // and its padding rows' zeros.
+    unsafe { out.set_len(a.batch * a.seq * hidden) };
+}
+
+/// One sequence's one head.
+struct Head<'a> {
+    rows: &'a [f32],
+    stride: usize,
+    hidden: usize,
+    h: usize,
+    d: usize,
+    len: usize,
+    out: *mut f32,
+    ldo: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn head_avx512(job: &Head) {
+    head::<true>(job)
+}
+
+fn head_portable(job: &Head) {
+    head::<false>(job)
+}
+
+#[inline(always)]
+fn head<const FAST: bool>(job: &Head) {
+    let &Head { rows, stride, hidden, h, d, len, out, ldo } = job;
+    let (qo, ko, vo) = (h * d, hidden + h * d, 2 * hidden + h * d);
+    // Keys transposed (d × lp) and values (len × dp), zero-padded to whole chunks.
+    let lp = len.next_multiple_of(L);
+    let dp = d.next_multiple_of(L);
+    let mut kt = vec![0f32; d * lp];
+    let mut v = vec![0f32; len * dp];
+    for j in 0..len {
+        let row = &rows[j * stride..];
+        for t in 0..d {
+            kt[t * lp + j] = row[ko + t];
+        }
+        v[j * dp..j * dp + d].copy_from_slice(&row[vo..vo + d]);
+    }
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut p = vec![0f32; QR * lp];
+    let mut sums = [0f32; QR];
+    let mut acc = [[0f32; L]; QR];
+    for i0 in (0..len).step_by(QR) {
+        // Scores of QR query rows (a row past the end repeats the last; it is dropped).
+        let q: [&[f32]; QR] = std::array::from_fn(|r| {
+            let at = (i0 + r).min(len - 1) * stride + qo;
+            &rows[at..at + d]
+        });
+        for j0 in (0..lp).step_by(L) {
+            #[cfg(target_arch = "x86_64")]
+            if FAST {
+                // SAFETY: reached only from `head_avx512`; kt holds d rows of lp ≥ j0 + L.
+                unsafe { avx512::scores(&q, &kt[j0..], lp, &mut acc) };
+            }
+            if !FAST {
+                portable::scores(&q, &kt[j0..], lp, &mut acc);
+            }
+            for r in 0..QR {
+                p[r * lp + j0..r * lp + j0 + L].copy_from_slice(&acc[r]);
+            }
+        }
+        // Softmax over the real keys (the scores are scaled here, as the reference does);
+        // the 1/sum is applied to the weighted sums.
+        for r in 0..QR {
+            let s = &mut p[r * lp..r * lp + len];
+            #[cfg(target_arch = "x86_64")]
+            if FAST {
+                // SAFETY: reached only from `head_avx512`.
+                sums[r] = unsafe { avx512::softmax_unnormalized(s, scale) };
+            }
+            if !FAST {
+                sums[r] = portable::softmax_unnormalized(s, scale);
+            }
+        }
+        // Weighted sums of the values, a chunk of L dimensions at a time.
+        for c0 in (0..dp).step_by(L) {
+            #[cfg(target_arch = "x86_64")]
+            if FAST {
+                // SAFETY: reached only from `head_avx512`; v holds len rows of dp ≥ c0 + L.
+                unsafe { avx512::weighted(&p, lp, &v[c0..], dp, len, &mut acc) };
+            }
+            if !FAST {
+                portable::weighted(&p, lp, &v[c0..], dp, len, &mut acc);
+            }
+            for r in 0..QR.min(len - i0) {
+                let inv = 1.0 / sums[r];
+                for l in 0..L.min(d - c0) {
+                    // SAFETY: row i0+r < len and column c0+l < d of this task's cells.
+                    unsafe { *out.add((i0 + r) * ldo + c0 + l) = acc[r][l] * inv };
+                }
+            }
+        }
+    }
+}
+
+/// The attention's inner loops, one output lane at a time.
+mod portable {
+    use super::{exp_nonpositive, L, QR};
+
+    /// `acc[r][l] = Σ_t q[r][t] · kt[t·lp + l]`: QR rows' scores against L keys.
+    pub fn scores(q: &[&[f32]; QR], kt: &[f32], lp: usize, acc: &mut [[f32; L]; QR]) {
+        *acc = [[0.0; L]; QR];
+        for t in 0..q[0].len() {
+            let k = &kt[t * lp..t * lp + L];
+            for r in 0..QR {
+                for l in 0..L {
+                    acc[r][l] += q[r][t] * k[l];
+                }
+            }
+        }
+    }
+
+    /// `s ← exp(s·scale − max)`; returns the sum.
+    pub fn softmax_unnormalized(s: &mut [f32], scale: f32) -> f32 {
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
+        let mut sum = 0.0;
+        for x in s.iter_mut() {
+            *x = exp_nonpositive(*x * scale - max);
+            sum += *x;
+        }
+        sum
+    }
+
+    /// `acc[r][l] = Σ_j p[r·lp + j] · v[j·dp + l]` over the `len` real keys.
+    pub fn weighted(p: &[f32], lp: usize, v: &[f32], dp: usize, len: usize, acc: &mut [[f32; L]; QR]) {
+        *acc = [[0.0; L]; QR];
+        for j in 0..len {
+            let vj = &v[j * dp..j * dp + L];
+            for r in 0..QR {
+                for l in 0..L {
+                    acc[r][l] += p[r * lp + j] * vj[l];
+                }
+            }
+        }
+    }
+}
+
+/// The same loops on 16-lane registers: QR independent chains of multiply-adds.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{L, QR};
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scores(q: &[&[f32]; QR], kt: &[f32], lp: usize, acc: &mut [[f32; L]; QR]) {
+        let d = q[0].len();
+        debug_assert!(kt.len() >= (d - 1) * lp + L);
+        let mut sum = [_mm512_setzero_ps(); QR];
+        for t in 0..d {
+            let k = _mm512_loadu_ps(kt.as_ptr().add(t * lp));
+            for r in 0..QR {
+                sum[r] = _mm512_fmadd_ps(_mm512_set1_ps(*q[r].get_unchecked(t)), k, sum[r]);
+            }
+        }
+        for r in 0..QR {
+            _mm512_storeu_ps(acc[r].as_mut_ptr(), sum[r]);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn softmax_unnormalized(s: &mut [f32], scale: f32) -> f32 {
+        let n = s.len();
+        let ptr = s.as_mut_ptr();
+        let mask = |i: usize| -> __mmask16 {
+            let left = n - i;
+            if left >= L {
+                0xffff
+            } else {
+                ((1u32 << left) - 1) as __mmask16
+            }
+        };
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        for i in (0..n).step_by(L) {
+            m = _mm512_mask_max_ps(m, mask(i), m, _mm512_maskz_loadu_ps(mask(i), ptr.add(i)));
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(m) * scale);
+        let (vscale, mut sum) = (_mm512_set1_ps(scale), _mm512_setzero_ps());
+        for i in (0..n).step_by(L) {
+            let k = mask(i);
+            let x = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, ptr.add(i)), vscale, max);
+            let e = _mm512_maskz_mov_ps(k, crate::kernels::exp_neg16(x));
+            _mm512_mask_storeu_ps(ptr.add(i), k, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        _mm512_reduce_add_ps(sum)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weighted(p: &[f32], lp: usize, v: &[f32], dp: usize, len: usize, acc: &mut [[f32; L]; QR]) {
+        debug_assert!(p.len() >= (QR - 1) * lp + len && v.len() >= (len - 1) * dp + L);
+        let mut sum = [_mm512_setzero_ps(); QR];
+        for j in 0..len {
+            let vj = _mm512_loadu_ps(v.as_ptr().add(j * dp));
+            for r in 0..QR {
+                sum[r] = _mm512_fmadd_ps(_mm512_set1_ps(*p.get_unchecked(r * lp + j)), vj, sum[r]);
+            }
+        }
+        for r in 0..QR {
+            _mm512_storeu_ps(acc[r].as_mut_ptr(), sum[r]);
+        }
+    }
+}
+
+/// e^x for x ≤ 0 (softmax's shifted scores): 2^n · p(r) with r = x − n·ln 2,
+/// |r| ≤ ln 2 / 2, p of degree 6 (relative error about 2e-7); 0 below −87. Written so
+/// that the compiler vectorizes a loop over it (no calls, no branches).
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    // Round to nearest by adding and removing 1.5·2^23.
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let mut poly = 1.0 / 720.0;
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        poly = poly * r + c;
+    }
+    poly * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// LayerNorm of every row of `x` (`rows × gamma.len()`), in place.
+pub fn layer_norm(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32, fast: bool) {
+    let n = gamma.len();
+    let fast = fast && crate::kernels::has_avx512f();
+    x.par_chunks_mut(n).for_each(|row| {
+        #[cfg(target_arch = "x86_64")]
+        if fast {
+            // SAFETY: the CPU has AVX512F (checked above).
+            unsafe { norm_avx512(row, gamma, beta, eps) };
+            return;
+        }
+        norm_row(row, gamma, beta, eps);
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn norm_avx512(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    norm_row(row, gamma, beta, eps)
+}
+
+/// Mean and variance in two passes, each summed in L lanes (so it vectorizes).
+#[inline(always)]
+fn norm_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let n = row.len() as f32;
+    let chunks = row.chunks_exact(L);
+    let tail = chunks.remainder();
+    let mut part = [0f32; L];
+    for c in chunks.clone() {
+        for l in 0..L {
+            part[l] += c[l];
+        }
+    }
+    let mean = (part.iter().sum::<f32>() + tail.iter().sum::<f32>()) / n;
+    let mut part = [0f32; L];
+    for c in chunks {
+        for l in 0..L {
+            part[l] += (c[l] - mean) * (c[l] - mean);
+        }
+    }
+    let var = (part.iter().sum::<f32>() + tail.iter().map(|&x| (x - mean) * (x - mean)).sum::<f32>()) / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for ((x, &g), &b) in row.iter_mut().zip(gamma).zip(beta) {
+        *x = (*x - mean) * inv * g + b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+            })
+            .collect()
+    }
+
+    /// Attention in f64, straight from its definition.
+    fn reference(a: &Attention) -> Vec<f64> {
+        let (hd, d) = (a.heads * a.head_dim, a.head_dim);
+        let mut out = vec![0f64; a.batch * a.seq * hd];
+        for b in 0..a.batch {
+            let len = a.lens[b];
+            for h in 0..a.heads {
+                let at =
+                    |i: usize, part: usize, t: usize| a.qkv[(b * a.seq + i) * 3 * hd + part * hd + h * d + t] as f64;
+                for i in 0..len {
+                    let s: Vec<f64> = (0..len)
+                        .map(|j| (0..d).map(|t| at(i, 0, t) * at(j, 1, t)).sum::<f64>() / (d as f64).sqrt())
+                        .collect();
+                    let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for t in 0..d {
+                        out[(b * a.seq + i) * hd + h * d + t] = (0..len).map(|j| e[j] * at(j, 2, t)).sum::<f64>() / sum;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_matches_its_definition_on_both_paths() {
+        // Head sizes that are and are not whole chunks, lengths around the QR and L
+        // steps, a sequence of one token and one all padding.
+        for &(heads, d, seq, ref lens) in
+            &[(4, 8, 7, vec![7, 3, 1]), (2, 64, 37, vec![37, 20]), (3, 20, 18, vec![0, 17, 18])]
+        {
+            let hd = heads * d;
+            let qkv: Vec<f32> = values(lens.len() * seq * 3 * hd, 7).iter().map(|x| x * 3.0).collect();
+            let a = Attention { qkv: &qkv, batch: lens.len(), seq, lens, heads, head_dim: d };
+            let want = reference(&a);
+            for fast in [false, true] {
+                if fast && !crate::kernels::has_avx512f() {
+                    eprintln!("this CPU has no AVX512F: only the portable path is tested");
+                    continue;
+                }
+                let got = attention(&a, fast);
+                for (b, &len) in lens.iter().enumerate() {
+                    for i in 0..seq {
+                        for c in 0..hd {
+                            let at = (b * seq + i) * hd + c;
+                            if i >= len {
+                                assert_eq!(got[at], 0.0, "padding row {i} of sequence {b}");
+                            } else {
+                                // f32 rounding of d-term sums (~1e-6 at d = 64 with
+                                // these magnitudes); a wrong index or a softmax slip
+                                // is off by 1e-2 or more.
+                                let err = (got[at] as f64 - want[at]).abs();
+                                assert!(
+                                    err < 1e-5,
+                                    "heads={heads} d={d} fast={fast} at {at}: {} vs {}",
+                                    got[at],
+                                    want[at]
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exp_is_within_its_stated_error() {
+        for i in 0..=90_000 {
+            let x = -(i as f32) / 1000.0;
+            let want = (x as f64).exp();
+            let got = exp_nonpositive(x) as f64;
+            if x > -87.0 {
+                assert!(((got - want) / want).abs() < 4e-7, "exp({x}) = {got} vs {want}");
+            } else {
+                assert!(got < 2e-38);
+            }
+        }
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), exp_nonpositive(-87.0));
+    }
+
+    #[test]
+    fn layer_norm_matches_its_definition_on_both_paths() {
+        for &n in &[8usize, 32, 1024, 1000] {
+            let x: Vec<f32> = values(3 * n, 3).iter().map(|v| v * 4.0 + 1.5).collect();
+            let (g, b) = (values(n, 4), values(n, 5));
+            for fast in [false, true] {
+                let mut y = x.clone();
+                layer_norm(&mut y, &g, &b, 1e-5, fast);
+                for (r, row) in x.chunks(n).enumerate() {
+                    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+                    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+                    for c in 0..n {
+                        let want = (row[c] as f64 - mean) / (var + 1e-5).sqrt() * g[c] as f64 + b[c] as f64;
+                        assert!((y[r * n + c] as f64 - want).abs() < 2e-6, "n={n} fast={fast} at {r},{c}");
+                    }
+                }
+            }
+        }
+    }
+}
