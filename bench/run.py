@@ -412,10 +412,9 @@ def main() -> int:
             f"{r['query_p50_ms']:.0f} | {r['query_p95_ms']:.0f} | {cmin:.6f} / {cmean:.6f} |")
     lines += [
         "",
-        "Passages: sentence-transformers and ONNX Runtime in batches of 8 sorted by length; koe5 with its own "
-        "batching (sorted by length, ≤ 2,048 padded tokens, ≤ 32 texts, a batch's shortest ≥ ¾ of its longest): "
-        f"padding overhead {100 * core['bf16']['padding_overhead']:.1f}% over the real tokens in "
-        f"{core['bf16']['batches']} batches. koe5 SQL = `koe5_passage(text[])` (batch form) in one statement; "
+        "Passages: sentence-transformers and ONNX Runtime in batches of 8 sorted by length (padded to each "
+        "batch's longest); koe5 with its own batching (sorted by length, ≤ 2,048 tokens, ≤ 32 texts, the texts "
+        f"of a batch packed back to back, so no padding is computed): {core['bf16']['batches']} batches. koe5 SQL = `koe5_passage(text[])` (batch form) in one statement; "
         "queries one statement each (`SELECT koe5_query($1)`, over a local socket).",
     ]
     for p in ["f32", "bf16"]:

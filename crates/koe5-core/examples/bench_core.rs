@@ -34,12 +34,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     e.embed_one(Kind::Query, &queries[0], &mut || {})?;
 
     let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
-    // Padding: the tokens the batches compute (padded to each batch's longest) over the
-    // real ones, for the batching embed_many does.
-    let lens: Vec<usize> = refs.iter().map(|t| e.tokenize(Kind::Passage, t).map(|ids| ids.len())).collect::<Result<_, _>>()?;
+    // The batches embed_many makes (koe5 packs a batch's texts back to back: no padding).
+    let lens: Vec<usize> =
+        refs.iter().map(|t| e.tokenize(Kind::Passage, t).map(|ids| ids.len())).collect::<Result<_, _>>()?;
     let plan = koe5_core::batch::plan(&lens, koe5_core::DEFAULT_TOKEN_BUDGET, koe5_core::DEFAULT_MAX_BATCH);
-    let padded: usize = plan.iter().map(|b| b.len() * b.iter().map(|&i| lens[i]).max().unwrap_or(0)).sum();
-    let real: usize = lens.iter().sum();
     let t = Instant::now();
     let vectors = e.embed_many(Kind::Passage, &refs, &mut || {})?;
     let passage_s = t.elapsed().as_secs_f64();
@@ -76,7 +74,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "threads": threads,
             "precision": precision.name(),
             "batches": plan.len(),
-            "padding_overhead": padded as f64 / real as f64 - 1.0,
         })
     );
     Ok(())

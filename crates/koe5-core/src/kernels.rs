@@ -37,6 +37,15 @@ pub enum Format {
     F32,
 }
 
+impl From<crate::Precision> for Format {
+    fn from(p: crate::Precision) -> Format {
+        match p {
+            crate::Precision::F32 => Format::F32,
+            crate::Precision::Bf16 => Format::Bf16,
+        }
+    }
+}
+
 /// A weight matrix `k × n`, packed for [`matmul`].
 pub struct Packed {
     pub k: usize,
@@ -50,7 +59,8 @@ pub struct Packed {
     data: Vec<u32>,
 }
 
-/// Rounds to the nearest bf16, ties to even (as `vcvtne2ps2bf16` does); NaN stays NaN.
+/// Rounds to the nearest bf16, ties to even (as `vcvtne2ps2bf16` does, except that the
+/// instruction reads denormal inputs, below 1.2e-38, as zero); NaN stays NaN.
 #[inline]
 pub fn bf16_bits(x: f32) -> u16 {
     let b = x.to_bits();
@@ -647,6 +657,11 @@ mod tests {
                         continue;
                     }
                     let got = matmul(&x, m, &packed, &bias, Epilogue::Bias, None, fast);
+                    // Into buffers that hold garbage from earlier use, as an encoder's
+                    // do: every cell is written, nothing stale survives.
+                    let (mut out, mut scratch) = (vec![f32::NAN; m * n + 77], vec![u32::MAX; m * k + 77]);
+                    matmul_into(&x, m, &packed, &bias, Epilogue::Bias, None, fast, &mut out, &mut scratch);
+                    assert!(out.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()) && out.len() == m * n);
                     let with_gelu = matmul(&x, m, &packed, &bias, Epilogue::BiasGelu, None, fast);
                     let with_res = matmul(&x, m, &packed, &bias, Epilogue::Bias, Some(&res), fast);
                     for (i, &e) in exact.iter().enumerate() {

@@ -27,10 +27,11 @@ pub use error::{Error, ErrorKind, Result};
 pub use pooling::Pooling;
 pub use tokenize::{Kind, TextTokenizer};
 
-/// Padded tokens per forward pass. A forward pass holds its activations once
-/// (`budget × (3 + 1 + 1 + 4 + 1) × hidden` f32 values in the buffers every layer
-/// reuses: 80 MiB for KoE5; attention keeps only a few rows of scores per task). The
-/// largest step between two interrupt checks (the FFN expansion of one batch) is then
+/// Padded tokens per forward pass. A forward pass holds its activations once, in
+/// buffers every layer reuses: `budget × 10 × hidden` f32 values (the layer's input,
+/// Q/K/V, attention's output, its normalised sum, the FFN's expansion) and a bf16 copy
+/// of the widest input, about 96 MiB for KoE5; attention keeps only a few rows of
+/// scores per task. The largest step between two interrupt checks (the FFN expansion of one batch) is then
 /// about 17 GFLOP: a cancel lands within about 0.3 s at KoE5's size on 2 cores
 /// (stress/run.sh measures it).
 pub const DEFAULT_TOKEN_BUDGET: usize = 2048;
@@ -184,26 +185,21 @@ impl Embedder {
         Ok(out.into_iter().map(|v| v.expect("every input is in one batch")).collect())
     }
 
-    /// One forward pass over token sequences, padded to the longest.
+    /// One forward pass over token sequences, packed back to back (no padding).
     pub fn embed_ids(&self, seqs: &[Vec<u32>], interrupt: &mut dyn FnMut()) -> Result<Vec<Vec<f32>>> {
-        let width = seqs.iter().map(Vec::len).max().unwrap_or(0);
-        if width == 0 {
+        if seqs.iter().all(Vec::is_empty) {
             return Ok(vec![]);
         }
-        let pad = self.spec.encoder.pad_token_id;
-        let mut ids = Vec::with_capacity(seqs.len() * width);
-        for s in seqs {
-            ids.extend_from_slice(s);
-            ids.extend(std::iter::repeat(pad).take(width - s.len()));
-        }
+        let ids = seqs.concat();
         let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
-        let hidden = self.encoder.forward(&ids, &lens, width, interrupt).map_err(Error::inference)?;
+        let hidden = self.encoder.forward(&ids, &lens, interrupt)?;
         let dim = self.dimension();
+        let mut start = 0;
         Ok(lens
             .iter()
-            .enumerate()
-            .map(|(i, &len)| {
-                let rows = &hidden[i * width * dim..(i * width + len) * dim];
+            .map(|&len| {
+                let rows = &hidden[start * dim..(start + len) * dim];
+                start += len;
                 let mut v = self.spec.pooling.pool(rows, len, dim);
                 if self.spec.normalize {
                     pooling::normalize(&mut v);

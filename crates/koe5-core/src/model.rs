@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use crate::config::{Activation, EncoderConfig};
+use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::{self, Epilogue, Format, Packed};
 use crate::ops::{self, Attention};
 use crate::Precision;
@@ -41,10 +42,7 @@ enum Weights {
 impl Dense {
     /// `w` is `k × n` row-major (transposed already).
     fn new(w: &[f32], bias: Vec<f32>, k: usize, n: usize, precision: Precision) -> CResult<Dense> {
-        let format = match precision {
-            Precision::F32 => Format::F32,
-            Precision::Bf16 => Format::Bf16,
-        };
+        let format = Format::from(precision);
         let weights = if format == Format::F32 && !kernels::has_fast_path(Format::F32) {
             Weights::Candle(Tensor::from_slice(w, (k, n), &Device::Cpu)?)
         } else {
@@ -160,14 +158,17 @@ impl Embeddings {
         Ok(Embeddings { word, position, token_type0, norm, pad_id: cfg.pad_token_id, hidden: h })
     }
 
-    /// `ids` is `batch × seq`, row-major, padded with the pad id.
-    fn forward(&self, ids: &[u32], seq: usize) -> CResult<Vec<f32>> {
+    /// `ids` holds sequences back to back (`lens`); the embeddings go to `x`.
+    fn forward(&self, ids: &[u32], lens: &[usize], x: &mut Vec<f32>) -> CResult<()> {
         // Hugging Face numbers positions by counting non-pad ids, starting at pad + 1;
-        // every pad id (padding, or a literal "<pad>" in the text) gets position pad.
+        // a pad id (a literal "<pad>" in the text) gets position pad.
         let mut positions = Vec::with_capacity(ids.len());
-        for row in ids.chunks_exact(seq) {
+        let mut rest = ids;
+        for &len in lens {
+            let (seq, tail) = rest.split_at(len);
+            rest = tail;
             let mut count = 0u32;
-            for &id in row {
+            for &id in seq {
                 if id == self.pad_id {
                     positions.push(self.pad_id);
                 } else {
@@ -184,7 +185,8 @@ impl Embeddings {
         if let Some(&bad) = positions.iter().find(|&&p| p as usize >= npos) {
             candle_core::bail!("position {bad} is outside the model's {npos} positions");
         }
-        let mut x = vec![0f32; ids.len() * h];
+        x.clear();
+        x.resize(ids.len() * h, 0.0);
         with_f32_slice(&self.word, |word| {
             with_f32_slice(&self.position, |pos| {
                 x.par_chunks_mut(h).zip(ids.par_iter().zip(&positions)).for_each(|(row, (&id, &p))| {
@@ -195,8 +197,8 @@ impl Embeddings {
                 });
             })
         })??;
-        self.norm.forward(&mut x);
-        Ok(x)
+        self.norm.forward(x);
+        Ok(())
     }
 }
 
@@ -231,15 +233,16 @@ impl Layer {
         })
     }
 
-    /// One encoder layer over `work.x`, `(batch·seq) × hidden`, in place; `interrupt`
-    /// runs between its four big steps (the Q/K/V projection, attention, the FFN's
-    /// expansion, its projection), so a cancel never waits for a whole layer.
-    fn forward(&self, work: &mut Work, lens: &[usize], seq: usize, interrupt: &mut dyn FnMut()) -> CResult<()> {
-        let m = lens.len() * seq;
+    /// One encoder layer over `work.x` (`rows × hidden`, the sequences of `lens` back to
+    /// back), in place; `interrupt` runs between its four big steps (the Q/K/V
+    /// projection, attention, the FFN's expansion, its projection), so a cancel never
+    /// waits for a whole layer.
+    fn forward(&self, work: &mut Work, lens: &[usize], interrupt: &mut dyn FnMut()) -> CResult<()> {
+        let m = lens.iter().sum();
         let Work { x, qkv, ctx, attn, inter, scratch } = work;
         self.qkv.forward(x, m, Epilogue::Bias, None, qkv, scratch)?;
         interrupt();
-        let att = Attention { qkv, batch: lens.len(), seq, lens, heads: self.heads, head_dim: self.head_dim };
+        let att = Attention { qkv, lens, heads: self.heads, head_dim: self.head_dim };
         ops::attention_into(&att, true, ctx);
         self.attn_out.forward(ctx, m, Epilogue::Bias, Some(x), attn, scratch)?;
         self.attn_norm.forward(attn);
@@ -272,6 +275,27 @@ struct Work {
     scratch: Vec<u32>,
 }
 
+impl Work {
+    /// Reserves every buffer for `rows` rows up front, fallibly: a batch too large for
+    /// the memory there is is an error, never an abort (the kernels' own `reserve`
+    /// calls then find the room already there).
+    fn for_rows(rows: usize, hidden: usize, inter: usize) -> Option<Work> {
+        fn buf<T>(len: usize) -> Option<Vec<T>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(len).ok()?;
+            Some(v)
+        }
+        Some(Work {
+            x: buf(rows * hidden)?,
+            qkv: buf(rows * 3 * hidden)?,
+            ctx: buf(rows * hidden)?,
+            attn: buf(rows * hidden)?,
+            inter: buf(rows * inter)?,
+            scratch: buf(rows * inter.max(hidden).div_ceil(2))?,
+        })
+    }
+}
+
 /// GELU's tanh approximation, as `gelu_new` and `gelu_pytorch_tanh` define it.
 fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (x + 0.044_715 * x * x * x)).tanh())
@@ -281,6 +305,7 @@ pub struct Encoder {
     embeddings: Embeddings,
     layers: Vec<Layer>,
     hidden: usize,
+    intermediate: usize,
 }
 
 impl Encoder {
@@ -297,23 +322,33 @@ impl Encoder {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::new(cfg, activation, precision, vb.pp(format!("encoder.layer.{i}"))))
             .collect::<CResult<Vec<_>>>()?;
-        Ok(Encoder { embeddings, layers, hidden: cfg.hidden_size })
+        Ok(Encoder { embeddings, layers, hidden: cfg.hidden_size, intermediate: cfg.intermediate_size })
     }
 
     pub fn hidden_size(&self) -> usize {
         self.hidden
     }
 
-    /// Runs the encoder over `lens.len()` sequences padded to `seq` tokens. `lens[i]` is
-    /// the number of real tokens of sequence `i`. Returns the last hidden state,
-    /// `(batch·seq) × hidden`, row-major; rows past a sequence's end hold no meaning.
-    /// `interrupt` runs before each layer.
-    pub fn forward(&self, ids: &[u32], lens: &[usize], seq: usize, interrupt: &mut dyn FnMut()) -> CResult<Vec<f32>> {
-        debug_assert_eq!(ids.len(), lens.len() * seq);
-        let mut work = Work { x: self.embeddings.forward(ids, seq)?, ..Work::default() };
+    /// Runs the encoder over `lens.len()` sequences given back to back in `ids` (no
+    /// padding: attention keeps each sequence to itself, and every other step works row
+    /// by row, so a sequence's result does not depend on the others). Returns the last
+    /// hidden state, `ids.len() × hidden`, row-major, in the same order. `interrupt`
+    /// runs before each layer and inside it.
+    pub fn forward(&self, ids: &[u32], lens: &[usize], interrupt: &mut dyn FnMut()) -> Result<Vec<f32>> {
+        if ids.len() != lens.iter().sum::<usize>() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{} token ids do not make sequences of lengths {lens:?}", ids.len()),
+            ));
+        }
+        let rows = ids.len();
+        let mut work = Work::for_rows(rows, self.hidden, self.intermediate).ok_or_else(|| {
+            Error::new(ErrorKind::OutOfMemory, format!("out of memory for a forward pass over {rows} tokens"))
+        })?;
+        self.embeddings.forward(ids, lens, &mut work.x).map_err(Error::inference)?;
         for layer in &self.layers {
             interrupt();
-            layer.forward(&mut work, lens, seq, interrupt)?;
+            layer.forward(&mut work, lens, interrupt).map_err(Error::inference)?;
         }
         Ok(work.x)
     }
@@ -351,5 +386,232 @@ mod tests {
                 assert!((p - q).abs() <= 1e-5, "{epilogue:?} residual={} at {i}: {p} vs {q}", residual.is_some());
             }
         }
+    }
+}
+
+/// The encoder at shapes the 32-wide test fixture does not reach (heads of 64, an
+/// inner dimension the kernels split into several passes, several panels per matrix),
+/// against a straightforward f64 implementation of XLM-R's forward pass.
+#[cfg(test)]
+mod wide_tests {
+    use std::collections::HashMap;
+
+    use candle_core::DType;
+
+    use super::*;
+
+    const H: usize = 128;
+    const HEADS: usize = 2;
+    const INTER: usize = 1100;
+    const LAYERS: usize = 2;
+    const VOCAB: usize = 300;
+    const POS: usize = 80;
+
+    fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// Random weights under Hugging Face's names; dense weights `in × out`, as the
+    /// weights reader leaves them.
+    fn weights() -> HashMap<String, Vec<f32>> {
+        let mut w = HashMap::new();
+        let mut seed = 0;
+        let mut put = |name: String, len: usize, scale: f32, offset: f32| {
+            seed += 1;
+            w.insert(name, values(len, seed, scale).into_iter().map(|v| v + offset).collect::<Vec<f32>>());
+        };
+        put("embeddings.word_embeddings.weight".into(), VOCAB * H, 1.0, 0.0);
+        put("embeddings.position_embeddings.weight".into(), POS * H, 0.5, 0.0);
+        put("embeddings.token_type_embeddings.weight".into(), H, 0.1, 0.0);
+        put("embeddings.LayerNorm.weight".into(), H, 0.2, 1.0);
+        put("embeddings.LayerNorm.bias".into(), H, 0.1, 0.0);
+        for l in 0..LAYERS {
+            let p = format!("encoder.layer.{l}.");
+            for m in ["query", "key", "value"] {
+                put(format!("{p}attention.self.{m}.weight"), H * H, 0.15, 0.0);
+                put(format!("{p}attention.self.{m}.bias"), H, 0.1, 0.0);
+            }
+            put(format!("{p}attention.output.dense.weight"), H * H, 0.1, 0.0);
+            put(format!("{p}attention.output.dense.bias"), H, 0.1, 0.0);
+            put(format!("{p}intermediate.dense.weight"), H * INTER, 0.1, 0.0);
+            put(format!("{p}intermediate.dense.bias"), INTER, 0.1, 0.0);
+            put(format!("{p}output.dense.weight"), INTER * H, 0.05, 0.0);
+            put(format!("{p}output.dense.bias"), H, 0.1, 0.0);
+            for n in ["attention.output.LayerNorm", "output.LayerNorm"] {
+                put(format!("{p}{n}.weight"), H, 0.2, 1.0);
+                put(format!("{p}{n}.bias"), H, 0.1, 0.0);
+            }
+        }
+        w
+    }
+
+    fn shape(name: &str) -> Vec<usize> {
+        let dense = |i, o| vec![i, o];
+        match name {
+            n if n.contains("word_embeddings") => vec![VOCAB, H],
+            n if n.contains("position_embeddings") => vec![POS, H],
+            n if n.contains("token_type") => vec![1, H],
+            n if n.ends_with("intermediate.dense.weight") => dense(H, INTER),
+            n if n.ends_with("output.dense.weight") && !n.contains("attention") => dense(INTER, H),
+            n if n.ends_with(".weight") && stored_transposed(n) => dense(H, H),
+            n if n.contains("intermediate.dense.bias") => vec![INTER],
+            _ => vec![H],
+        }
+    }
+
+    fn norm(x: &mut [f64], g: &[f32], b: &[f32]) {
+        let n = x.len() as f64;
+        let mean = x.iter().sum::<f64>() / n;
+        let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = (*v - mean) / (var + 1e-5).sqrt() * g[i] as f64 + b[i] as f64;
+        }
+    }
+
+    fn dense(x: &[f64], w: &[f32], b: &[f32], n: usize) -> Vec<f64> {
+        (0..n).map(|j| b[j] as f64 + x.iter().enumerate().map(|(k, &v)| v * w[k * n + j] as f64).sum::<f64>()).collect()
+    }
+
+    fn erf(x: f64) -> f64 {
+        // Taylor series; |x| stays small enough here (checked).
+        assert!(x.abs() < 6.0);
+        let (mut term, mut sum, mut n) = (x, x, 0.0);
+        while term.abs() > 1e-17 {
+            n += 1.0;
+            term *= -x * x / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    /// One sequence of real tokens, from its ids, in f64.
+    fn reference(w: &HashMap<String, Vec<f32>>, ids: &[u32]) -> Vec<Vec<f64>> {
+        let g = |n: &str| &w[n][..];
+        let d = H / HEADS;
+        let mut x: Vec<Vec<f64>> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                let pos = i + 2; // pad id 1: positions start at 2
+                let mut row: Vec<f64> = (0..H)
+                    .map(|c| {
+                        (g("embeddings.word_embeddings.weight")[id as usize * H + c]
+                            + g("embeddings.position_embeddings.weight")[pos * H + c]
+                            + g("embeddings.token_type_embeddings.weight")[c]) as f64
+                    })
+                    .collect();
+                norm(&mut row, g("embeddings.LayerNorm.weight"), g("embeddings.LayerNorm.bias"));
+                row
+            })
+            .collect();
+        for l in 0..LAYERS {
+            let p = |s: &str| format!("encoder.layer.{l}.{s}");
+            let proj = |m: &str| -> Vec<Vec<f64>> {
+                x.iter()
+                    .map(|r| {
+                        dense(
+                            r,
+                            g(&p(&format!("attention.self.{m}.weight"))),
+                            g(&p(&format!("attention.self.{m}.bias"))),
+                            H,
+                        )
+                    })
+                    .collect()
+            };
+            let (q, k, v) = (proj("query"), proj("key"), proj("value"));
+            let n = x.len();
+            let mut ctx = vec![vec![0f64; H]; n];
+            for h in 0..HEADS {
+                for i in 0..n {
+                    let s: Vec<f64> = (0..n)
+                        .map(|j| (0..d).map(|t| q[i][h * d + t] * k[j][h * d + t]).sum::<f64>() / (d as f64).sqrt())
+                        .collect();
+                    let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for t in 0..d {
+                        ctx[i][h * d + t] = (0..n).map(|j| e[j] * v[j][h * d + t]).sum::<f64>() / sum;
+                    }
+                }
+            }
+            for i in 0..n {
+                let mut a =
+                    dense(&ctx[i], g(&p("attention.output.dense.weight")), g(&p("attention.output.dense.bias")), H);
+                a.iter_mut().zip(&x[i]).for_each(|(a, r)| *a += r);
+                norm(&mut a, g(&p("attention.output.LayerNorm.weight")), g(&p("attention.output.LayerNorm.bias")));
+                let mut f = dense(&a, g(&p("intermediate.dense.weight")), g(&p("intermediate.dense.bias")), INTER);
+                f.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v / std::f64::consts::SQRT_2)));
+                let mut o = dense(&f, g(&p("output.dense.weight")), g(&p("output.dense.bias")), H);
+                o.iter_mut().zip(&a).for_each(|(o, r)| *o += r);
+                norm(&mut o, g(&p("output.LayerNorm.weight")), g(&p("output.LayerNorm.bias")));
+                x[i] = o;
+            }
+        }
+        x
+    }
+
+    #[test]
+    fn wide_encoder_matches_an_f64_reference_in_both_precisions() {
+        let w = weights();
+        let tensors: HashMap<String, Tensor> =
+            w.iter().map(|(n, v)| (n.clone(), Tensor::from_slice(v, shape(n), &Device::Cpu).unwrap())).collect();
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let cfg: EncoderConfig = serde_json::from_value(serde_json::json!({
+            "model_type": "xlm-roberta", "vocab_size": VOCAB, "hidden_size": H, "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS, "intermediate_size": INTER, "hidden_act": "gelu",
+            "max_position_embeddings": POS, "type_vocab_size": 1, "pad_token_id": 1,
+        }))
+        .unwrap();
+        // Three sequences of 70, 23 and 9 tokens, back to back.
+        let lens = [70usize, 23, 9];
+        let seqs: Vec<Vec<u32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(s, &len)| (0..len).map(|i| ((i * 37 + s * 101) % (VOCAB - 3) + 3) as u32).collect())
+            .collect();
+        let ids = seqs.concat();
+        for (precision, tol) in [(Precision::F32, 2e-4), (Precision::Bf16, 5e-2)] {
+            let enc = Encoder::new(&cfg, Activation::GeluErf, precision, vb.clone()).unwrap();
+            let got = enc.forward(&ids, &lens, &mut || {}).unwrap();
+            let mut worst = 0f64;
+            let mut start = 0;
+            for seq in &seqs {
+                let want = reference(&w, seq);
+                for (i, row) in want.iter().enumerate() {
+                    for (c, &e) in row.iter().enumerate() {
+                        worst = worst.max((got[(start + i) * H + c] as f64 - e).abs());
+                    }
+                }
+                start += seq.len();
+            }
+            // Each sequence alone gives the same numbers, to the bit, on the packed kernels.
+            if kernels::has_fast_path(precision.into()) {
+                let mut start = 0;
+                for seq in &seqs {
+                    let alone = enc.forward(seq, &[seq.len()], &mut || {}).unwrap();
+                    assert!(
+                        alone == got[start * H..(start + seq.len()) * H],
+                        "{precision:?}: batching changed a vector"
+                    );
+                    start += seq.len();
+                }
+            }
+            println!("{precision:?}: max |difference| to f64 {worst:e}");
+            // LayerNorm outputs of size ~1: f32 rounding through two layers stays near
+            // 1e-5; bf16 rounds every dense layer's operands to 8 bits (2^-9 relative).
+            assert!(worst < tol, "{precision:?}: {worst}");
+        }
+        // Bad arguments are errors, not panics.
+        let enc = Encoder::new(&cfg, Activation::GeluErf, Precision::F32, vb).unwrap();
+        assert_eq!(enc.forward(&ids[1..], &lens, &mut || {}).unwrap_err().kind, ErrorKind::InvalidInput);
+        assert_eq!(enc.forward(&[VOCAB as u32 + 5], &[1], &mut || {}).unwrap_err().kind, ErrorKind::Inference);
+        assert_eq!(enc.forward(&vec![7; POS], &[POS], &mut || {}).unwrap_err().kind, ErrorKind::Inference);
+        assert!(enc.forward(&[], &[0, 0], &mut || {}).unwrap().is_empty());
     }
 }

@@ -1,18 +1,18 @@
 //! The encoder's work besides the dense layers, on plain row-major f32 buffers:
 //! self-attention (scores, softmax, weighted sum of values, one task per sequence and
-//! head, over the sequence's real tokens only) and LayerNorm. Each has one body,
-//! compiled twice: for AVX-512 (with fused multiply-adds, where the CPU has AVX512F)
-//! and portable; both sum in the same order, so they differ only by FMA rounding.
+//! head, over the sequence's real tokens only) and LayerNorm. Attention has an AVX-512
+//! path (where the CPU has AVX512F) and a portable one; they sum in different orders
+//! (lanes, fused multiply-adds), so they agree to f32 rounding. LayerNorm has one
+//! body, compiled for both.
 
 use rayon::prelude::*;
 
-/// What one attention call works on: `batch` sequences of `seq` rows each, `lens[b]`
-/// of them real; each row of `qkv` holds the queries, keys and values of all heads
-/// (`3 × heads × head_dim` values, in that order).
+/// What one attention call works on: sequences packed back to back, no padding:
+/// sequence `b` is `lens[b]` rows, starting where the one before it ends; each row of
+/// `qkv` holds the queries, keys and values of all heads (`3 × heads × head_dim`
+/// values, in that order).
 pub struct Attention<'a> {
     pub qkv: &'a [f32],
-    pub batch: usize,
-    pub seq: usize,
     pub lens: &'a [usize],
     pub heads: usize,
     pub head_dim: usize,
@@ -30,8 +30,8 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
-/// Softmax(Q·Kᵀ/√d)·V for every sequence and head; returns `(batch·seq) × (heads·head_dim)`.
-/// Padding rows and keys take no part: a padding row's output is zero.
+/// Softmax(Q·Kᵀ/√d)·V for every sequence and head, each sequence attending to itself
+/// only; returns `rows × (heads·head_dim)`, rows as in `qkv`.
 pub fn attention(a: &Attention, fast: bool) -> Vec<f32> {
     let mut out = Vec::new();
     attention_into(a, fast, &mut out);
@@ -41,26 +41,23 @@ pub fn attention(a: &Attention, fast: bool) -> Vec<f32> {
 /// [`attention`] into `out` (resized; an encoder reuses it from layer to layer).
 pub fn attention_into(a: &Attention, fast: bool, out: &mut Vec<f32>) {
     let hidden = a.heads * a.head_dim;
-    assert_eq!(a.qkv.len(), a.batch * a.seq * 3 * hidden);
-    assert_eq!(a.lens.len(), a.batch);
+    let rows: usize = a.lens.iter().sum();
+    assert_eq!(a.qkv.len(), rows * 3 * hidden);
+    let starts: Vec<usize> = a.lens.iter().scan(0, |at, &len| Some(std::mem::replace(at, *at + len))).collect();
     out.clear();
-    out.reserve(a.batch * a.seq * hidden);
+    out.reserve(rows * hidden);
     let ptr = Out(out.as_mut_ptr());
     let fast = fast && crate::kernels::has_avx512f();
-    (0..a.batch * a.heads).into_par_iter().for_each(|task| {
+    (0..a.lens.len() * a.heads).into_par_iter().for_each(|task| {
         let ptr = ptr;
         let (b, h) = (task / a.heads, task % a.heads);
-        let len = a.lens[b].min(a.seq);
-        // SAFETY: this task alone writes rows b·seq .. (b+1)·seq, columns h·d .. (h+1)·d.
-        let out = unsafe { ptr.0.add(b * a.seq * hidden + h * a.head_dim) };
-        for i in len..a.seq {
-            // SAFETY: as above; padding rows are zero.
-            unsafe { std::ptr::write_bytes(out.add(i * hidden), 0, a.head_dim) };
-        }
+        let (start, len) = (starts[b], a.lens[b]);
         if len == 0 {
             return;
         }
-        let rows = &a.qkv[b * a.seq * 3 * hidden..(b * a.seq + len) * 3 * hidden];
+        let rows = &a.qkv[start * 3 * hidden..(start + len) * 3 * hidden];
+        // SAFETY: this task alone writes rows start .. start+len, columns h·d .. (h+1)·d.
+        let out = unsafe { ptr.0.add(start * hidden + h * a.head_dim) };
         let job = Head { rows, stride: 3 * hidden, hidden, h, d: a.head_dim, len, out, ldo: hidden };
         #[cfg(target_arch = "x86_64")]
         if fast {
@@ -70,9 +67,8 @@ pub fn attention_into(a: &Attention, fast: bool, out: &mut Vec<f32>) {
         }
         head_portable(&job);
     });
-    // SAFETY: the tasks wrote every cell: each (sequence, head) its real rows' outputs
-    // and its padding rows' zeros.
-    unsafe { out.set_len(a.batch * a.seq * hidden) };
+    // SAFETY: every (sequence, head) task wrote all its rows' outputs.
+    unsafe { out.set_len(rows * hidden) };
 }
 
 /// One sequence's one head.
@@ -362,12 +358,12 @@ mod tests {
     /// Attention in f64, straight from its definition.
     fn reference(a: &Attention) -> Vec<f64> {
         let (hd, d) = (a.heads * a.head_dim, a.head_dim);
-        let mut out = vec![0f64; a.batch * a.seq * hd];
-        for b in 0..a.batch {
-            let len = a.lens[b];
+        let rows: usize = a.lens.iter().sum();
+        let mut out = vec![0f64; rows * hd];
+        let mut start = 0;
+        for &len in a.lens {
             for h in 0..a.heads {
-                let at =
-                    |i: usize, part: usize, t: usize| a.qkv[(b * a.seq + i) * 3 * hd + part * hd + h * d + t] as f64;
+                let at = |i: usize, part: usize, t: usize| a.qkv[(start + i) * 3 * hd + part * hd + h * d + t] as f64;
                 for i in 0..len {
                     let s: Vec<f64> = (0..len)
                         .map(|j| (0..d).map(|t| at(i, 0, t) * at(j, 1, t)).sum::<f64>() / (d as f64).sqrt())
@@ -376,10 +372,11 @@ mod tests {
                     let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
                     let sum: f64 = e.iter().sum();
                     for t in 0..d {
-                        out[(b * a.seq + i) * hd + h * d + t] = (0..len).map(|j| e[j] * at(j, 2, t)).sum::<f64>() / sum;
+                        out[(start + i) * hd + h * d + t] = (0..len).map(|j| e[j] * at(j, 2, t)).sum::<f64>() / sum;
                     }
                 }
             }
+            start += len;
         }
         out
     }
@@ -387,13 +384,12 @@ mod tests {
     #[test]
     fn attention_matches_its_definition_on_both_paths() {
         // Head sizes that are and are not whole chunks, lengths around the QR and L
-        // steps, a sequence of one token and one all padding.
-        for &(heads, d, seq, ref lens) in
-            &[(4, 8, 7, vec![7, 3, 1]), (2, 64, 37, vec![37, 20]), (3, 20, 18, vec![0, 17, 18])]
-        {
+        // steps, a sequence of one token and an empty one.
+        for &(heads, d, ref lens) in &[(4, 8, vec![7, 3, 1]), (2, 64, vec![37, 20]), (3, 20, vec![0, 17, 18])] {
             let hd = heads * d;
-            let qkv: Vec<f32> = values(lens.len() * seq * 3 * hd, 7).iter().map(|x| x * 3.0).collect();
-            let a = Attention { qkv: &qkv, batch: lens.len(), seq, lens, heads, head_dim: d };
+            let rows: usize = lens.iter().sum();
+            let qkv: Vec<f32> = values(rows * 3 * hd, 7).iter().map(|x| x * 3.0).collect();
+            let a = Attention { qkv: &qkv, lens, heads, head_dim: d };
             let want = reference(&a);
             for fast in [false, true] {
                 if fast && !crate::kernels::has_avx512f() {
@@ -401,26 +397,15 @@ mod tests {
                     continue;
                 }
                 let got = attention(&a, fast);
-                for (b, &len) in lens.iter().enumerate() {
-                    for i in 0..seq {
-                        for c in 0..hd {
-                            let at = (b * seq + i) * hd + c;
-                            if i >= len {
-                                assert_eq!(got[at], 0.0, "padding row {i} of sequence {b}");
-                            } else {
-                                // f32 rounding of d-term sums (~1e-6 at d = 64 with
-                                // these magnitudes); a wrong index or a softmax slip
-                                // is off by 1e-2 or more.
-                                let err = (got[at] as f64 - want[at]).abs();
-                                assert!(
-                                    err < 1e-5,
-                                    "heads={heads} d={d} fast={fast} at {at}: {} vs {}",
-                                    got[at],
-                                    want[at]
-                                );
-                            }
-                        }
-                    }
+                // Into a buffer holding garbage, as an encoder's does: every cell is written.
+                let mut reused = vec![f32::NAN; got.len() + 5];
+                attention_into(&a, fast, &mut reused);
+                assert!(reused.len() == got.len() && reused.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits()));
+                assert_eq!(got.len(), want.len());
+                for (at, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    // f32 rounding of d-term sums (~1e-6 at d = 64 with these
+                    // magnitudes); a wrong index or a softmax slip is off by 1e-2 or more.
+                    assert!((g as f64 - w).abs() < 1e-5, "heads={heads} d={d} fast={fast} at {at}: {g} vs {w}");
                 }
             }
         }
