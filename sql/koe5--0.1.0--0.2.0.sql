@@ -313,7 +313,7 @@ BEGIN
                                   part, target, source, range_sql);
             err := NULL;
             BEGIN
-                -- One batch: embed the texts in one padded batch, write the vectors back by ctid.
+                -- One batch: embed the texts in one batch, write the vectors back by ctid.
                 EXECUTE format(
                     'WITH todo AS (SELECT t.ctid AS tid, t.%1$I::text AS body %2$s LIMIT $1 %3$s),
                           batch AS (SELECT array_agg(tid) AS tids, array_agg(body) AS bodies FROM todo),
@@ -688,7 +688,7 @@ BEGIN
                  WHERE x = ANY (coalesce(found_ids, '{}')) OR x <> ALL (coalesce(existing_ids, '{}')));
     IF found_ids IS NOT NULL THEN
         BEGIN
-            -- One padded batch; a row whose text changed meanwhile is left to its newer entry.
+            -- One batch; a row whose text changed meanwhile is left to its newer entry.
             EXECUTE format(
                 'UPDATE %1$s AS t SET %2$I = z.embedding
                  FROM ROWS FROM (unnest($1::bigint[]), unnest($2::text[]), %3$s($2::text[])) AS z(id, body, embedding)
@@ -810,3 +810,9 @@ END
 $$;
 REVOKE ALL ON FUNCTION koe5__forget_dropped_tables() FROM PUBLIC;
 CREATE EVENT TRIGGER koe5_forget_dropped_tables ON sql_drop EXECUTE FUNCTION koe5__forget_dropped_tables();
+
+-- 0.2.0 packs a batch's texts back to back (no padding): the batch forms' descriptions say so.
+COMMENT ON FUNCTION koe5_query(text[]) IS
+    'Embeds many queries in batches; one row per element, in input order, NULL for a NULL element';
+COMMENT ON FUNCTION koe5_passage(text[]) IS
+    'Embeds many passages in batches; one row per element, in input order, NULL for a NULL element';

@@ -27,7 +27,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use pooling::Pooling;
 pub use tokenize::{Kind, TextTokenizer};
 
-/// Padded tokens per forward pass. A forward pass holds its activations once, in
+/// Tokens per forward pass (texts packed back to back, no padding). A forward pass holds its activations once, in
 /// buffers every layer reuses: `budget × 10 × hidden` f32 values (the layer's input,
 /// Q/K/V, attention's output, its normalised sum, the FFN's expansion) and a bf16 copy
 /// of the widest input, about 96 MiB for KoE5; attention keeps only a few rows of
@@ -154,7 +154,7 @@ impl Embedder {
         Ok(self.embed_ids(&[ids], interrupt)?.pop().expect("one input gives one vector"))
     }
 
-    /// Embeds `texts` in padded batches under the default token budget. Results are
+    /// Embeds `texts` in batches under the default token budget. Results are
     /// in input order. `interrupt` runs between tokenizations and between layers.
     pub fn embed_many(&self, kind: Kind, texts: &[&str], interrupt: &mut dyn FnMut()) -> Result<Vec<Vec<f32>>> {
         self.embed_many_with(kind, texts, DEFAULT_TOKEN_BUDGET, DEFAULT_MAX_BATCH, interrupt)
@@ -187,7 +187,7 @@ impl Embedder {
 
     /// One forward pass over token sequences, packed back to back (no padding).
     pub fn embed_ids(&self, seqs: &[Vec<u32>], interrupt: &mut dyn FnMut()) -> Result<Vec<Vec<f32>>> {
-        if seqs.iter().all(Vec::is_empty) {
+        if seqs.is_empty() {
             return Ok(vec![]);
         }
         let ids = seqs.concat();

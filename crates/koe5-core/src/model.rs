@@ -6,7 +6,7 @@
 //! pooling is the caller's job. Between steps it calls the caller's interrupt hook,
 //! which is how PostgreSQL's cancel and statement_timeout reach a long batch.
 
-use candle_core::{Device, Storage, Tensor};
+use candle_core::{Storage, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
@@ -25,8 +25,8 @@ pub fn stored_transposed(name: &str) -> bool {
 }
 
 /// A dense layer, `x · W + b`, with `W` (`k × n`) packed for [`kernels::matmul`]; or,
-/// in f32 on a CPU without AVX512F, kept as a candle tensor for candle's matmul (whose
-/// gemm has AVX2 and NEON kernels), the epilogue then applied in a second pass.
+/// in f32 on a CPU without AVX512F, kept row-major for the gemm crate (candle's matmul
+/// engine, with AVX2 and NEON kernels), the epilogue then applied in a second pass.
 struct Dense {
     weights: Weights,
     bias: Vec<f32>,
@@ -36,19 +36,21 @@ struct Dense {
 
 enum Weights {
     Packed(Packed),
-    Candle(Tensor),
+    Gemm(Vec<f32>),
 }
 
 impl Dense {
     /// `w` is `k × n` row-major (transposed already).
     fn new(w: &[f32], bias: Vec<f32>, k: usize, n: usize, precision: Precision) -> CResult<Dense> {
         let format = Format::from(precision);
+        let oom = || candle_core::Error::Msg(format!("out of memory for a {k}×{n} weight ({format:?})"));
         let weights = if format == Format::F32 && !kernels::has_fast_path(Format::F32) {
-            Weights::Candle(Tensor::from_slice(w, (k, n), &Device::Cpu)?)
+            let mut v = Vec::new();
+            v.try_reserve_exact(w.len()).map_err(|_| oom())?;
+            v.extend_from_slice(w);
+            Weights::Gemm(v)
         } else {
-            Weights::Packed(Packed::pack(w, k, n, format).ok_or_else(|| {
-                candle_core::Error::Msg(format!("out of memory packing a {k}×{n} weight ({format:?})"))
-            })?)
+            Weights::Packed(Packed::pack(w, k, n, format).ok_or_else(oom)?)
         };
         Ok(Dense { weights, bias, k, n })
     }
@@ -66,10 +68,41 @@ impl Dense {
     ) -> CResult<()> {
         match &self.weights {
             Weights::Packed(p) => kernels::matmul_into(x, m, p, &self.bias, epilogue, residual, true, out, scratch),
-            Weights::Candle(w) => {
-                *out = Tensor::from_slice(x, (m, self.k), &Device::Cpu)?.matmul(w)?.flatten_all()?.to_vec1::<f32>()?;
-                out.par_chunks_mut(self.n).enumerate().for_each(|(r, row)| {
-                    let res = residual.map(|res| &res[r * self.n..(r + 1) * self.n]);
+            Weights::Gemm(w) => {
+                let (k, n) = (self.k, self.n);
+                assert_eq!(x.len(), m * k);
+                out.clear();
+                out.reserve(m * n);
+                if m > 0 {
+                    // SAFETY: x is m × k, w is k × n, out has room for m × n, all
+                    // row-major; gemm writes every cell (read_dst = false).
+                    unsafe {
+                        gemm::gemm(
+                            m,
+                            n,
+                            k,
+                            out.as_mut_ptr(),
+                            1,
+                            n as isize,
+                            false,
+                            x.as_ptr(),
+                            1,
+                            k as isize,
+                            w.as_ptr(),
+                            1,
+                            n as isize,
+                            0.0f32,
+                            1.0f32,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                        );
+                        out.set_len(m * n);
+                    }
+                }
+                out.par_chunks_mut(n.max(1)).enumerate().for_each(|(r, row)| {
+                    let res = residual.map(|res| &res[r * n..(r + 1) * n]);
                     for (j, v) in row.iter_mut().enumerate() {
                         *v += self.bias[j] + res.map_or(0.0, |res| res[j]);
                         if epilogue == Epilogue::BiasGelu {
@@ -279,7 +312,7 @@ impl Work {
     /// Reserves every buffer for `rows` rows up front, fallibly: a batch too large for
     /// the memory there is is an error, never an abort (the kernels' own `reserve`
     /// calls then find the room already there).
-    fn for_rows(rows: usize, hidden: usize, inter: usize) -> Option<Work> {
+    fn for_rows(rows: usize, hidden: usize, inter: usize, bf16: bool) -> Option<Work> {
         fn buf<T>(len: usize) -> Option<Vec<T>> {
             let mut v = Vec::new();
             v.try_reserve_exact(len).ok()?;
@@ -291,7 +324,7 @@ impl Work {
             ctx: buf(rows * hidden)?,
             attn: buf(rows * hidden)?,
             inter: buf(rows * inter)?,
-            scratch: buf(rows * inter.max(hidden).div_ceil(2))?,
+            scratch: buf(if bf16 { rows * inter.max(hidden).div_ceil(2) } else { 0 })?,
         })
     }
 }
@@ -306,6 +339,7 @@ pub struct Encoder {
     layers: Vec<Layer>,
     hidden: usize,
     intermediate: usize,
+    precision: Precision,
 }
 
 impl Encoder {
@@ -322,7 +356,7 @@ impl Encoder {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::new(cfg, activation, precision, vb.pp(format!("encoder.layer.{i}"))))
             .collect::<CResult<Vec<_>>>()?;
-        Ok(Encoder { embeddings, layers, hidden: cfg.hidden_size, intermediate: cfg.intermediate_size })
+        Ok(Encoder { embeddings, layers, hidden: cfg.hidden_size, intermediate: cfg.intermediate_size, precision })
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -335,14 +369,16 @@ impl Encoder {
     /// hidden state, `ids.len() × hidden`, row-major, in the same order. `interrupt`
     /// runs before each layer and inside it.
     pub fn forward(&self, ids: &[u32], lens: &[usize], interrupt: &mut dyn FnMut()) -> Result<Vec<f32>> {
-        if ids.len() != lens.iter().sum::<usize>() {
+        if ids.len() != lens.iter().sum::<usize>() || lens.contains(&0) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!("{} token ids do not make sequences of lengths {lens:?}", ids.len()),
-            ));
+            )
+            .with_detail("Every sequence holds at least one token."));
         }
         let rows = ids.len();
-        let mut work = Work::for_rows(rows, self.hidden, self.intermediate).ok_or_else(|| {
+        let bf16 = self.precision == Precision::Bf16;
+        let mut work = Work::for_rows(rows, self.hidden, self.intermediate, bf16).ok_or_else(|| {
             Error::new(ErrorKind::OutOfMemory, format!("out of memory for a forward pass over {rows} tokens"))
         })?;
         self.embeddings.forward(ids, lens, &mut work.x).map_err(Error::inference)?;
@@ -358,10 +394,10 @@ impl Encoder {
 mod tests {
     use super::*;
 
-    /// On a CPU without AVX512F an f32 layer multiplies with candle and applies the
+    /// On a CPU without AVX512F an f32 layer multiplies with gemm and applies the
     /// epilogue in a second pass: the same numbers as the packed kernel's.
     #[test]
-    fn candle_fallback_equals_the_packed_kernel() {
+    fn gemm_fallback_equals_the_packed_kernel() {
         let (m, k, n) = (7, 40, 70);
         let val = |i: usize, seed: usize| ((i * 7919 + seed * 104_729) % 1013) as f32 / 1013.0 - 0.5;
         let w: Vec<f32> = (0..k * n).map(|i| val(i, 1)).collect();
@@ -370,8 +406,7 @@ mod tests {
         let bias: Vec<f32> = (0..n).map(|i| val(i, 4)).collect();
         let packed =
             Dense { weights: Weights::Packed(Packed::pack(&w, k, n, Format::F32).unwrap()), bias: bias.clone(), k, n };
-        let candle =
-            Dense { weights: Weights::Candle(Tensor::from_slice(&w, (k, n), &Device::Cpu).unwrap()), bias, k, n };
+        let gemm = Dense { weights: Weights::Gemm(w.clone()), bias, k, n };
         for (epilogue, residual) in
             [(Epilogue::Bias, None), (Epilogue::BiasGelu, None), (Epilogue::Bias, Some(&res[..]))]
         {
@@ -380,7 +415,7 @@ mod tests {
                 d.forward(&x, m, epilogue, residual, &mut out, &mut Vec::new()).unwrap();
                 out
             };
-            let (a, b) = (run(&packed), run(&candle));
+            let (a, b) = (run(&packed), run(&gemm));
             assert_eq!(a.len(), m * n);
             for (i, (p, q)) in a.iter().zip(&b).enumerate() {
                 assert!((p - q).abs() <= 1e-5, "{epilogue:?} residual={} at {i}: {p} vs {q}", residual.is_some());
@@ -396,7 +431,7 @@ mod tests {
 mod wide_tests {
     use std::collections::HashMap;
 
-    use candle_core::DType;
+    use candle_core::{DType, Device};
 
     use super::*;
 
@@ -612,6 +647,7 @@ mod wide_tests {
         assert_eq!(enc.forward(&ids[1..], &lens, &mut || {}).unwrap_err().kind, ErrorKind::InvalidInput);
         assert_eq!(enc.forward(&[VOCAB as u32 + 5], &[1], &mut || {}).unwrap_err().kind, ErrorKind::Inference);
         assert_eq!(enc.forward(&vec![7; POS], &[POS], &mut || {}).unwrap_err().kind, ErrorKind::Inference);
-        assert!(enc.forward(&[], &[0, 0], &mut || {}).unwrap().is_empty());
+        assert_eq!(enc.forward(&ids[..70], &[70, 0], &mut || {}).unwrap_err().kind, ErrorKind::InvalidInput);
+        assert!(enc.forward(&[], &[], &mut || {}).unwrap().is_empty());
     }
 }

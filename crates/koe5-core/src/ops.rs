@@ -89,7 +89,20 @@ unsafe fn head_avx512(job: &Head) {
     head::<true>(job)
 }
 
+/// The portable loops compiled for AVX2 and FMA (where the CPU has them but not
+/// AVX512F): the compiler vectorizes their 16-lane arrays into 256-bit registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn head_avx2(job: &Head) {
+    head::<false>(job)
+}
+
 fn head_portable(job: &Head) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has both (checked just now).
+        return unsafe { head_avx2(job) };
+    }
     head::<false>(job)
 }
 
@@ -171,6 +184,7 @@ mod portable {
     use super::{exp_nonpositive, L, QR};
 
     /// `acc[r][l] = Σ_t q[r][t] · kt[t·lp + l]`: QR rows' scores against L keys.
+    #[inline(always)]
     pub fn scores(q: &[&[f32]; QR], kt: &[f32], lp: usize, acc: &mut [[f32; L]; QR]) {
         *acc = [[0.0; L]; QR];
         for t in 0..q[0].len() {
@@ -184,6 +198,7 @@ mod portable {
     }
 
     /// `s ← exp(s·scale − max)`; returns the sum.
+    #[inline(always)]
     pub fn softmax_unnormalized(s: &mut [f32], scale: f32) -> f32 {
         let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
         let mut sum = 0.0;
@@ -195,6 +210,7 @@ mod portable {
     }
 
     /// `acc[r][l] = Σ_j p[r·lp + j] · v[j·dp + l]` over the `len` real keys.
+    #[inline(always)]
     pub fn weighted(p: &[f32], lp: usize, v: &[f32], dp: usize, len: usize, acc: &mut [[f32; L]; QR]) {
         *acc = [[0.0; L]; QR];
         for j in 0..len {
