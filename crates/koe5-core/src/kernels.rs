@@ -393,28 +393,32 @@ mod avx512 {
 
     use super::{Tile, ERF_A, ERF_P, MR, NR, NV};
 
-    /// Dispatches the tile's `rows` (1..=MR) to the bf16 kernel compiled for that many rows.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn block_bf16(t: &Tile) {
-        debug_assert!(t.a.len() >= (t.rows - 1) * t.lda + t.kc && t.panel.len() >= t.kc * NR);
-        macro_rules! go {
-            ($($n:literal)*) => {
-                match t.rows { $($n => kernel_bf16::<$n>(t),)* _ => unreachable!() }
-            };
-        }
-        go!(1 2 3 4 5 6);
+    /// Calls `$kernel::<R>` for the tile's `rows` (1..=MR): a kernel compiled for that
+    /// many rows.
+    macro_rules! by_rows {
+        ($kernel:ident, $t:expr) => {{
+            let t = $t;
+            debug_assert!(t.a.len() >= (t.rows - 1) * t.lda + t.kc && t.panel.len() >= t.kc * NR);
+            match t.rows {
+                1 => $kernel::<1>(t),
+                2 => $kernel::<2>(t),
+                3 => $kernel::<3>(t),
+                4 => $kernel::<4>(t),
+                5 => $kernel::<5>(t),
+                6 => $kernel::<6>(t),
+                _ => unreachable!(),
+            }
+        }};
     }
 
-    /// The same for the f32 kernel.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn block_bf16(t: &Tile) {
+        by_rows!(kernel_bf16, t)
+    }
+
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn block_f32(t: &Tile) {
-        debug_assert!(t.a.len() >= (t.rows - 1) * t.lda + t.kc && t.panel.len() >= t.kc * NR);
-        macro_rules! go {
-            ($($n:literal)*) => {
-                match t.rows { $($n => kernel_f32::<$n>(t),)* _ => unreachable!() }
-            };
-        }
-        go!(1 2 3 4 5 6);
+        by_rows!(kernel_f32, t)
     }
 
     /// `R` rows × NR columns in bf16 pairs: R·NV accumulators live in registers for the
@@ -556,17 +560,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A deterministic pseudo-random matrix in [-1, 1).
-    fn matrix(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-            })
-            .collect()
-    }
+    use crate::test_util::{exact_erf, values as matrix};
 
     /// The exact sums of the operands (rounded to bf16 first for `Format::Bf16`), in f64.
     fn reference(x: &[f32], w: &[f32], bias: &[f32], m: usize, k: usize, n: usize, format: Format) -> Vec<f64> {
@@ -578,27 +572,6 @@ mod tests {
             }
         }
         out
-    }
-
-    /// erf in f64: its Taylor series below 3, its complement's continued fraction above.
-    fn exact_erf(x: f64) -> f64 {
-        let z = x.abs();
-        let v = if z < 3.0 {
-            let (mut term, mut sum, mut n) = (z, z, 0.0);
-            while term.abs() > 1e-17 {
-                n += 1.0;
-                term *= -z * z / n;
-                sum += term / (2.0 * n + 1.0);
-            }
-            sum * 2.0 / std::f64::consts::PI.sqrt()
-        } else {
-            let mut f = 0.0;
-            for k in (1..60).rev() {
-                f = (k as f64 / 2.0) / (z + f);
-            }
-            1.0 - (-z * z).exp() / (std::f64::consts::PI.sqrt() * (z + f))
-        };
-        v.copysign(x)
     }
 
     /// erfc(z) for z ≥ 3 by its continued fraction, else 1 − erf(z).

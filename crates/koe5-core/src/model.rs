@@ -434,6 +434,7 @@ mod wide_tests {
     use candle_core::{DType, Device};
 
     use super::*;
+    use crate::test_util::{exact_erf, values};
 
     const H: usize = 128;
     const HEADS: usize = 2;
@@ -442,16 +443,6 @@ mod wide_tests {
     const VOCAB: usize = 300;
     const POS: usize = 80;
 
-    fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                (((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0) * scale
-            })
-            .collect()
-    }
-
     /// Random weights under Hugging Face's names; dense weights `in × out`, as the
     /// weights reader leaves them.
     fn weights() -> HashMap<String, Vec<f32>> {
@@ -459,7 +450,7 @@ mod wide_tests {
         let mut seed = 0;
         let mut put = |name: String, len: usize, scale: f32, offset: f32| {
             seed += 1;
-            w.insert(name, values(len, seed, scale).into_iter().map(|v| v + offset).collect::<Vec<f32>>());
+            w.insert(name, values(len, seed).into_iter().map(|v| v * scale + offset).collect::<Vec<f32>>());
         };
         put("embeddings.word_embeddings.weight".into(), VOCAB * H, 1.0, 0.0);
         put("embeddings.position_embeddings.weight".into(), POS * H, 0.5, 0.0);
@@ -511,18 +502,6 @@ mod wide_tests {
 
     fn dense(x: &[f64], w: &[f32], b: &[f32], n: usize) -> Vec<f64> {
         (0..n).map(|j| b[j] as f64 + x.iter().enumerate().map(|(k, &v)| v * w[k * n + j] as f64).sum::<f64>()).collect()
-    }
-
-    fn erf(x: f64) -> f64 {
-        // Taylor series; |x| stays small enough here (checked).
-        assert!(x.abs() < 6.0);
-        let (mut term, mut sum, mut n) = (x, x, 0.0);
-        while term.abs() > 1e-17 {
-            n += 1.0;
-            term *= -x * x / n;
-            sum += term / (2.0 * n + 1.0);
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 
     /// One sequence of real tokens, from its ids, in f64.
@@ -581,7 +560,7 @@ mod wide_tests {
                 a.iter_mut().zip(&x[i]).for_each(|(a, r)| *a += r);
                 norm(&mut a, g(&p("attention.output.LayerNorm.weight")), g(&p("attention.output.LayerNorm.bias")));
                 let mut f = dense(&a, g(&p("intermediate.dense.weight")), g(&p("intermediate.dense.bias")), INTER);
-                f.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v / std::f64::consts::SQRT_2)));
+                f.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + exact_erf(*v / std::f64::consts::SQRT_2)));
                 let mut o = dense(&f, g(&p("output.dense.weight")), g(&p("output.dense.bias")), H);
                 o.iter_mut().zip(&a).for_each(|(o, r)| *o += r);
                 norm(&mut o, g(&p("output.LayerNorm.weight")), g(&p("output.LayerNorm.bias")));
