@@ -96,7 +96,7 @@ fn main() {
             // Output and scratch buffers reused, as the encoder does.
             let (mut dst, mut scratch) = (Vec::new(), Vec::new());
             let mut run = |w: &Packed, fast: bool| {
-                kernels::matmul_into(&x, m, w, &bias, Epilogue::Bias, None, fast, &mut dst, &mut scratch)
+                kernels::matmul(&x, m, w, &bias, Epilogue::Bias, None, fast, &mut dst, &mut scratch)
             };
             let fast = best_of(reps, || run(&packed, true));
             let portable = if m <= 256 { best_of(2, || run(&packed, false)) } else { f64::NAN };

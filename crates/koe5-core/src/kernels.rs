@@ -150,6 +150,31 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * if x < 0.0 { c } else { 2.0 - c }
 }
 
+/// e^x for x ≤ 0 (softmax's shifted scores): 2^n · p(r) with
+/// r = x − n·ln 2, |r| ≤ ln 2 / 2, p of degree 6 (relative error about 2e-7); 0 below
+/// −87. Written so that the compiler vectorizes a loop over it (no calls, no
+/// branches); `avx512::exp_neg16` is the same on 16 lanes.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    let x = x.max(EXP_MIN);
+    // Round to nearest by adding and removing 1.5·2^23.
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut poly = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        poly = poly * r + c;
+    }
+    poly * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Below this e^x is taken as e^-87 (2^n stays a normal float).
+const EXP_MIN: f32 = -87.0;
+/// ln 2 split in two, so that n·ln 2 is subtracted without rounding away r.
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+/// e^r's Taylor coefficients, highest degree first (1/6!, …, 1/1!, 1).
+const EXP_POLY: [f32; 7] = [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
+
 const ERF_P: f32 = 0.327_591_1;
 const ERF_A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_8, -1.453_152_1, 1.061_405_4];
 
@@ -234,28 +259,13 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 /// `x · W + bias` for `x` of `m` rows (`m × w.k`, row-major), then the epilogue's GELU,
-/// or `residual` (`m × w.n`) added; returns `m × w.n`. `fast` selects the AVX-512
-/// kernel where the CPU has it (the encoder always asks for it; tests also run the
-/// portable path). The panels are split between the current rayon pool's threads.
-pub fn matmul(
-    x: &[f32],
-    m: usize,
-    w: &Packed,
-    bias: &[f32],
-    epilogue: Epilogue,
-    residual: Option<&[f32]>,
-    fast: bool,
-) -> Vec<f32> {
-    let mut out = Vec::new();
-    matmul_into(x, m, w, bias, epilogue, residual, fast, &mut out, &mut Vec::new());
-    out
-}
-
-/// [`matmul`] into `out` (resized to `m × w.n`), with `scratch` for `x` in bf16: an
-/// encoder reuses both from layer to layer, so a forward pass allocates (and faults in)
-/// its buffers once.
+/// or `residual` (`m × w.n`) added, into `out` (resized to `m × w.n`), with `scratch`
+/// for `x` in bf16: an encoder reuses both from layer to layer, so a forward pass
+/// allocates (and faults in) its buffers once. `fast` selects the AVX-512 kernel where
+/// the CPU has it (the encoder always asks for it; tests also run the portable path).
+/// The panels are split between the current rayon pool's threads.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_into(
+pub fn matmul(
     x: &[f32],
     m: usize,
     w: &Packed,
@@ -391,7 +401,7 @@ pub(crate) use avx512::exp_neg16;
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Tile, ERF_A, ERF_P, MR, NR, NV};
+    use super::{Tile, ERF_A, ERF_P, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, MR, NR, NV};
 
     /// Calls `$kernel::<R>` for the tile's `rows` (1..=MR): a kernel compiled for that
     /// many rows.
@@ -508,20 +518,19 @@ mod avx512 {
         blocks * 16
     }
 
-    /// e^x for x ≤ 0: 2^n · p(r) with r = x − n·ln 2, |r| ≤ ln 2 / 2, p of degree 6
-    /// (relative error about 2e-7).
+    /// [`super::exp_nonpositive`] on 16 lanes (rounding by the instruction's own mode).
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub(crate) unsafe fn exp_neg16(x: __m512) -> __m512 {
-        let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+        let x = _mm512_max_ps(x, _mm512_set1_ps(EXP_MIN));
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
             x,
             _mm512_set1_ps(std::f32::consts::LOG2_E),
         ));
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
-        let mut p = _mm512_set1_ps(1.0 / 720.0);
-        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut p = _mm512_set1_ps(EXP_POLY[0]);
+        for &c in &EXP_POLY[1..] {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
         }
         _mm512_scalef_ps(p, n)
@@ -587,6 +596,22 @@ mod tests {
     }
 
     #[test]
+    fn exp_is_within_its_stated_error() {
+        for i in 0..=90_000 {
+            let x = -(i as f32) / 1000.0;
+            let want = (x as f64).exp();
+            let got = exp_nonpositive(x) as f64;
+            if x > -87.0 {
+                assert!(((got - want) / want).abs() < 4e-7, "exp({x}) = {got} vs {want}");
+            } else {
+                assert!(got < 2e-38);
+            }
+        }
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), exp_nonpositive(-87.0));
+    }
+
+    #[test]
     fn erf_and_gelu_within_their_stated_error() {
         for i in -6000..=6000 {
             let x = i as f32 / 1000.0;
@@ -629,14 +654,19 @@ mod tests {
                         eprintln!("this CPU has no fast path for {format:?}: only the portable one is tested");
                         continue;
                     }
-                    let got = matmul(&x, m, &packed, &bias, Epilogue::Bias, None, fast);
+                    let run = |epilogue, residual| {
+                        let mut out = Vec::new();
+                        matmul(&x, m, &packed, &bias, epilogue, residual, fast, &mut out, &mut Vec::new());
+                        out
+                    };
+                    let got = run(Epilogue::Bias, None);
                     // Into buffers that hold garbage from earlier use, as an encoder's
                     // do: every cell is written, nothing stale survives.
                     let (mut out, mut scratch) = (vec![f32::NAN; m * n + 77], vec![u32::MAX; m * k + 77]);
-                    matmul_into(&x, m, &packed, &bias, Epilogue::Bias, None, fast, &mut out, &mut scratch);
+                    matmul(&x, m, &packed, &bias, Epilogue::Bias, None, fast, &mut out, &mut scratch);
                     assert!(out.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()) && out.len() == m * n);
-                    let with_gelu = matmul(&x, m, &packed, &bias, Epilogue::BiasGelu, None, fast);
-                    let with_res = matmul(&x, m, &packed, &bias, Epilogue::Bias, Some(&res), fast);
+                    let with_gelu = run(Epilogue::BiasGelu, None);
+                    let with_res = run(Epilogue::Bias, Some(&res));
                     for (i, &e) in exact.iter().enumerate() {
                         // f32 sums of k products of size ≤ 1: error ≤ k · 2^-24 · |terms|.
                         let tol = 1e-6 * (k as f64 + 1.0);

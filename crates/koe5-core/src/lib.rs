@@ -27,13 +27,13 @@ pub use error::{Error, ErrorKind, Result};
 pub use pooling::Pooling;
 pub use tokenize::{Kind, TextTokenizer};
 
-/// Tokens per forward pass (texts packed back to back, no padding). A forward pass holds its activations once, in
-/// buffers every layer reuses: `budget × 10 × hidden` f32 values (the layer's input,
-/// Q/K/V, attention's output, its normalised sum, the FFN's expansion) and a bf16 copy
-/// of the widest input, about 96 MiB for KoE5; attention keeps only a few rows of
-/// scores per task. The largest step between two interrupt checks (the FFN expansion of one batch) is then
-/// about 17 GFLOP: a cancel lands within about 0.3 s at KoE5's size on 2 cores
-/// (stress/run.sh measures it).
+/// Tokens per forward pass (texts packed back to back, no padding). A forward pass
+/// holds its activations once, in buffers every layer reuses: `budget × 10 × hidden`
+/// f32 values (the layer's input, Q/K/V, attention's output, its normalised sum, the
+/// FFN's expansion) and a bf16 copy of the widest input, about 96 MiB for KoE5;
+/// attention keeps only a few rows of scores per task. The largest step between two
+/// interrupt checks (the FFN expansion of one batch) is then about 17 GFLOP: a cancel
+/// landed within 0.052 s at KoE5's size on 2 cores (stress/run.sh measures it).
 pub const DEFAULT_TOKEN_BUDGET: usize = 2048;
 /// Inputs per forward pass at most.
 pub const DEFAULT_MAX_BATCH: usize = 32;

@@ -30,13 +30,16 @@ pub fn stored_transposed(name: &str) -> bool {
 struct Dense {
     weights: Weights,
     bias: Vec<f32>,
-    k: usize,
-    n: usize,
 }
 
 enum Weights {
     Packed(Packed),
-    Gemm(Vec<f32>),
+    /// `k × n`, row-major.
+    Gemm {
+        w: Vec<f32>,
+        k: usize,
+        n: usize,
+    },
 }
 
 impl Dense {
@@ -48,11 +51,11 @@ impl Dense {
             let mut v = Vec::new();
             v.try_reserve_exact(w.len()).map_err(|_| oom())?;
             v.extend_from_slice(w);
-            Weights::Gemm(v)
+            Weights::Gemm { w: v, k, n }
         } else {
             Weights::Packed(Packed::pack(w, k, n, format).ok_or_else(oom)?)
         };
-        Ok(Dense { weights, bias, k, n })
+        Ok(Dense { weights, bias })
     }
 
     /// `x · W + b` over `m` rows into `out`, then GELU (`Epilogue::BiasGelu`, exact-erf)
@@ -67,9 +70,8 @@ impl Dense {
         scratch: &mut Vec<u32>,
     ) -> CResult<()> {
         match &self.weights {
-            Weights::Packed(p) => kernels::matmul_into(x, m, p, &self.bias, epilogue, residual, true, out, scratch),
-            Weights::Gemm(w) => {
-                let (k, n) = (self.k, self.n);
+            Weights::Packed(p) => kernels::matmul(x, m, p, &self.bias, epilogue, residual, true, out, scratch),
+            &Weights::Gemm { ref w, k, n } => {
                 assert_eq!(x.len(), m * k);
                 out.clear();
                 out.reserve(m * n);
@@ -276,7 +278,7 @@ impl Layer {
         self.qkv.forward(x, m, Epilogue::Bias, None, qkv, scratch)?;
         interrupt();
         let att = Attention { qkv, lens, heads: self.heads, head_dim: self.head_dim };
-        ops::attention_into(&att, true, ctx);
+        ops::attention(&att, true, ctx);
         self.attn_out.forward(ctx, m, Epilogue::Bias, Some(x), attn, scratch)?;
         self.attn_norm.forward(attn);
         interrupt();
@@ -405,8 +407,8 @@ mod tests {
         let res: Vec<f32> = (0..m * n).map(|i| val(i, 3)).collect();
         let bias: Vec<f32> = (0..n).map(|i| val(i, 4)).collect();
         let packed =
-            Dense { weights: Weights::Packed(Packed::pack(&w, k, n, Format::F32).unwrap()), bias: bias.clone(), k, n };
-        let gemm = Dense { weights: Weights::Gemm(w.clone()), bias, k, n };
+            Dense { weights: Weights::Packed(Packed::pack(&w, k, n, Format::F32).unwrap()), bias: bias.clone() };
+        let gemm = Dense { weights: Weights::Gemm { w: w.clone(), k, n }, bias };
         for (epilogue, residual) in
             [(Epilogue::Bias, None), (Epilogue::BiasGelu, None), (Epilogue::Bias, Some(&res[..]))]
         {

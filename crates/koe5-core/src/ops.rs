@@ -7,6 +7,8 @@
 
 use rayon::prelude::*;
 
+use crate::kernels::exp_nonpositive;
+
 /// What one attention call works on: sequences packed back to back, no padding:
 /// sequence `b` is `lens[b]` rows, starting where the one before it ends; each row of
 /// `qkv` holds the queries, keys and values of all heads (`3 × heads × head_dim`
@@ -31,15 +33,9 @@ unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
 /// Softmax(Q·Kᵀ/√d)·V for every sequence and head, each sequence attending to itself
-/// only; returns `rows × (heads·head_dim)`, rows as in `qkv`.
-pub fn attention(a: &Attention, fast: bool) -> Vec<f32> {
-    let mut out = Vec::new();
-    attention_into(a, fast, &mut out);
-    out
-}
-
-/// [`attention`] into `out` (resized; an encoder reuses it from layer to layer).
-pub fn attention_into(a: &Attention, fast: bool, out: &mut Vec<f32>) {
+/// only, into `out`, resized to `rows × (heads·head_dim)`, rows as in `qkv` (an encoder
+/// reuses the buffer from layer to layer).
+pub fn attention(a: &Attention, fast: bool, out: &mut Vec<f32>) {
     let hidden = a.heads * a.head_dim;
     let rows: usize = a.lens.iter().sum();
     assert_eq!(a.qkv.len(), rows * 3 * hidden);
@@ -294,22 +290,6 @@ mod avx512 {
     }
 }
 
-/// e^x for x ≤ 0 (softmax's shifted scores): 2^n · p(r) with r = x − n·ln 2,
-/// |r| ≤ ln 2 / 2, p of degree 6 (relative error about 2e-7); 0 below −87. Written so
-/// that the compiler vectorizes a loop over it (no calls, no branches).
-#[inline(always)]
-pub fn exp_nonpositive(x: f32) -> f32 {
-    let x = x.max(-87.0);
-    // Round to nearest by adding and removing 1.5·2^23.
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
-    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    let mut poly = 1.0 / 720.0;
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        poly = poly * r + c;
-    }
-    poly * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
 /// LayerNorm of every row of `x` (`rows × gamma.len()`), in place.
 pub fn layer_norm(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32, fast: bool) {
     let n = gamma.len();
@@ -403,10 +383,11 @@ mod tests {
                     eprintln!("this CPU has no AVX512F: only the portable path is tested");
                     continue;
                 }
-                let got = attention(&a, fast);
+                let mut got = Vec::new();
+                attention(&a, fast, &mut got);
                 // Into a buffer holding garbage, as an encoder's does: every cell is written.
                 let mut reused = vec![f32::NAN; got.len() + 5];
-                attention_into(&a, fast, &mut reused);
+                attention(&a, fast, &mut reused);
                 assert!(reused.len() == got.len() && reused.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits()));
                 assert_eq!(got.len(), want.len());
                 for (at, (&g, &w)) in got.iter().zip(&want).enumerate() {
@@ -416,22 +397,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn exp_is_within_its_stated_error() {
-        for i in 0..=90_000 {
-            let x = -(i as f32) / 1000.0;
-            let want = (x as f64).exp();
-            let got = exp_nonpositive(x) as f64;
-            if x > -87.0 {
-                assert!(((got - want) / want).abs() < 4e-7, "exp({x}) = {got} vs {want}");
-            } else {
-                assert!(got < 2e-38);
-            }
-        }
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), exp_nonpositive(-87.0));
     }
 
     #[test]
