@@ -9,7 +9,36 @@ use serde::Deserialize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pooling::Pooling;
 
-/// The subset of Hugging Face's `config.json` that an XLM-R encoder needs.
+/// The two encoder families koe5 runs. They share one network and Hugging Face's
+/// tensor names; they differ in how tokens are numbered for the position table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// `xlm-roberta` (KoE5, multilingual-e5-base/large, KURE-v1, BGE-M3): positions
+    /// count non-pad tokens from `pad_token_id + 1`.
+    XlmRoberta,
+    /// `bert` (multilingual-e5-small as intfloat publishes it): positions count every
+    /// token from 0.
+    Bert,
+}
+
+impl Architecture {
+    pub fn from_model_type(model_type: &str) -> Option<Architecture> {
+        match model_type {
+            "xlm-roberta" => Some(Architecture::XlmRoberta),
+            "bert" => Some(Architecture::Bert),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::XlmRoberta => "xlm-roberta",
+            Architecture::Bert => "bert",
+        }
+    }
+}
+
+/// The subset of Hugging Face's `config.json` that an XLM-R or BERT encoder needs.
 /// Field names are HF's own, so the file deserialises as it is.
 #[derive(Debug, Clone, Deserialize)]
 pub struct EncoderConfig {
@@ -37,8 +66,10 @@ fn one() -> usize {
 fn one_u32() -> u32 {
     1
 }
+/// Hugging Face's default for both XLMRobertaConfig and BertConfig (KoE5's config.json
+/// says 1e-5 explicitly).
 fn default_eps() -> f64 {
-    1e-5
+    1e-12
 }
 fn absolute() -> String {
     "absolute".into()
@@ -60,10 +91,18 @@ impl EncoderConfig {
         }
     }
 
+    /// The family `model_type` names; `None` for any other.
+    pub fn architecture(&self) -> Option<Architecture> {
+        Architecture::from_model_type(&self.model_type)
+    }
+
     /// Tokens the position table allows: XLM-R positions start at pad + 1, so 514
-    /// positions leave 512 usable tokens.
+    /// positions leave 512 usable tokens; BERT's start at 0 and use them all.
     pub fn max_tokens(&self) -> usize {
-        self.max_position_embeddings.saturating_sub(self.pad_token_id as usize + 1)
+        match self.architecture() {
+            Some(Architecture::Bert) => self.max_position_embeddings,
+            _ => self.max_position_embeddings.saturating_sub(self.pad_token_id as usize + 1),
+        }
     }
 }
 
@@ -71,6 +110,7 @@ impl EncoderConfig {
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
     pub dir: PathBuf,
+    pub architecture: Architecture,
     pub encoder: EncoderConfig,
     pub activation: Activation,
     pub pooling: Pooling,
@@ -148,14 +188,20 @@ impl ModelSpec {
         require_file(&config_path)?;
         let raw: serde_json::Value = read_json(&config_path)?;
         let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
-        if model_type != "xlm-roberta" {
+        let Some(architecture) = Architecture::from_model_type(model_type) else {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!("unsupported model type \"{model_type}\" in \"{}\"", config_path.display()),
             )
             .with_detail(
-                "koe5 runs XLM-RoBERTa encoders (model_type \"xlm-roberta\") such as KoE5 and multilingual-e5.",
+                "koe5 runs XLM-RoBERTa encoders (model_type \"xlm-roberta\") such as KoE5 and multilingual-e5-base/large, \
+                 and BERT encoders (model_type \"bert\") such as multilingual-e5-small.",
             ));
+        };
+        // A BERT config that names no pad token means 0 (BertConfig's default).
+        let mut raw = raw;
+        if architecture == Architecture::Bert && raw.get("pad_token_id").is_none() {
+            raw["pad_token_id"] = 0.into();
         }
         let encoder: EncoderConfig = serde_json::from_value(raw).map_err(|e| Error::config(&config_path, e))?;
         let activation = encoder.activation().ok_or_else(|| {
@@ -230,6 +276,7 @@ impl ModelSpec {
 
         Ok(ModelSpec {
             dir: dir.to_path_buf(),
+            architecture,
             encoder,
             activation,
             pooling,

@@ -10,7 +10,7 @@ use candle_core::{Storage, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::config::{Activation, EncoderConfig};
+use crate::config::{Activation, Architecture, EncoderConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::{self, Epilogue, Format, Packed};
 use crate::ops::{self, Attention};
@@ -175,10 +175,12 @@ struct Embeddings {
     /// `vocab × hidden` and `positions × hidden`, kept as read (rows are gathered).
     word: Tensor,
     position: Tensor,
-    /// Row 0 of the token-type table: XLM-R inputs are all type 0.
+    /// Row 0 of the token-type table: every input is type 0 (the XLM-R tokenizer
+    /// gives no token types, and BERT then uses zeros).
     token_type0: Vec<f32>,
     norm: Norm,
     pad_id: u32,
+    architecture: Architecture,
     hidden: usize,
 }
 
@@ -190,25 +192,32 @@ impl Embeddings {
         let token_type = vb.pp("token_type_embeddings").get((cfg.type_vocab_size, h), "weight")?;
         let norm = Norm::new(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?;
         let token_type0 = token_type.get(0)?.to_vec1()?;
-        Ok(Embeddings { word, position, token_type0, norm, pad_id: cfg.pad_token_id, hidden: h })
+        let architecture = cfg.architecture().unwrap_or(Architecture::XlmRoberta);
+        Ok(Embeddings { word, position, token_type0, norm, pad_id: cfg.pad_token_id, architecture, hidden: h })
     }
 
     /// `ids` holds sequences back to back (`lens`); the embeddings go to `x`.
     fn forward(&self, ids: &[u32], lens: &[usize], x: &mut Vec<f32>) -> CResult<()> {
-        // Hugging Face numbers positions by counting non-pad ids, starting at pad + 1;
-        // a pad id (a literal "<pad>" in the text) gets position pad.
+        // XLM-R: Hugging Face numbers positions by counting non-pad ids, starting at
+        // pad + 1; a pad id (a literal "<pad>" in the text) gets position pad.
+        // BERT: every token's position is its index, from 0.
         let mut positions = Vec::with_capacity(ids.len());
         let mut rest = ids;
         for &len in lens {
             let (seq, tail) = rest.split_at(len);
             rest = tail;
-            let mut count = 0u32;
-            for &id in seq {
-                if id == self.pad_id {
-                    positions.push(self.pad_id);
-                } else {
-                    count += 1;
-                    positions.push(self.pad_id + count);
+            match self.architecture {
+                Architecture::Bert => positions.extend(0..len as u32),
+                Architecture::XlmRoberta => {
+                    let mut count = 0u32;
+                    for &id in seq {
+                        if id == self.pad_id {
+                            positions.push(self.pad_id);
+                        } else {
+                            count += 1;
+                            positions.push(self.pad_id + count);
+                        }
+                    }
                 }
             }
         }
@@ -346,11 +355,13 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(cfg: &EncoderConfig, activation: Activation, precision: Precision, vb: VarBuilder) -> CResult<Self> {
-        // Checkpoints saved from a task model carry a "roberta." prefix.
+        // Checkpoints saved from a task model carry a "roberta." or "bert." prefix.
         let vb = if vb.contains_tensor("embeddings.word_embeddings.weight") {
             vb
-        } else if vb.contains_tensor("roberta.embeddings.word_embeddings.weight") {
-            vb.pp("roberta")
+        } else if let Some(prefix) =
+            ["roberta", "bert"].into_iter().find(|p| vb.contains_tensor(&format!("{p}.embeddings.word_embeddings.weight")))
+        {
+            vb.pp(prefix)
         } else {
             vb
         };
@@ -581,7 +592,7 @@ mod wide_tests {
         let cfg: EncoderConfig = serde_json::from_value(serde_json::json!({
             "model_type": "xlm-roberta", "vocab_size": VOCAB, "hidden_size": H, "num_hidden_layers": LAYERS,
             "num_attention_heads": HEADS, "intermediate_size": INTER, "hidden_act": "gelu",
-            "max_position_embeddings": POS, "type_vocab_size": 1, "pad_token_id": 1,
+            "max_position_embeddings": POS, "type_vocab_size": 1, "pad_token_id": 1, "layer_norm_eps": 1e-5,
         }))
         .unwrap();
         // Three sequences of 70, 23 and 9 tokens, back to back.

@@ -70,12 +70,12 @@ fn truncated_weights() {
 
 #[test]
 fn another_architecture() {
-    let dir = copy_fixture("bert", false);
-    let cfg = fs::read_to_string(dir.join("config.json")).unwrap().replace("\"xlm-roberta\"", "\"bert\"");
+    let dir = copy_fixture("t5", false);
+    let cfg = fs::read_to_string(dir.join("config.json")).unwrap().replace("\"xlm-roberta\"", "\"t5\"");
     fs::write(dir.join("config.json"), cfg).unwrap();
     let e = load_err(&dir);
     assert_eq!(e.kind, ErrorKind::Unsupported);
-    assert!(e.message.contains("\"bert\"") && e.message.contains("config.json"), "{}", e.message);
+    assert!(e.message.contains("\"t5\"") && e.message.contains("config.json"), "{}", e.message);
     fs::remove_dir_all(&dir).unwrap();
 }
 
