@@ -3,11 +3,11 @@
 //! (tokenizing vs. the whole batch path); optionally writes the vectors as a JSON array.
 //! A quick check, not a benchmark:
 //!
-//!   cargo run -p koe5-core --example embed_lines -- MODEL_DIR FILE [passage|query] [OUT.json]
+//!   [KOE5_PRECISION=f32|bf16|auto] cargo run -p koe5-core --example embed_lines -- MODEL_DIR FILE [passage|query] [OUT.json]
 
 use std::time::Instant;
 
-use koe5_core::{Embedder, Kind};
+use koe5_core::{Embedder, Kind, Precision};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -17,7 +17,10 @@ fn main() {
     }
     let kind = if args.get(3).map(String::as_str) == Some("query") { Kind::Query } else { Kind::Passage };
     let t = Instant::now();
-    let e = Embedder::load(std::path::Path::new(&args[1])).unwrap_or_else(|err| panic!("{err}"));
+    let precision = std::env::var("KOE5_PRECISION").unwrap_or_else(|_| "f32".into());
+    let precision = Precision::parse(&precision).expect("KOE5_PRECISION is f32, bf16 or auto");
+    let e = Embedder::load_with(std::path::Path::new(&args[1]), precision, &mut || {})
+        .unwrap_or_else(|err| panic!("{err}"));
     println!("load: {:.3} s", t.elapsed().as_secs_f64());
     let text = std::fs::read_to_string(&args[2]).unwrap();
     let owned: Vec<String> = if args[2].ends_with(".json") {

@@ -32,15 +32,21 @@ impl Kind {
     }
 }
 
-/// First prefix length tried for long inputs. 510 tokens of Korean or English text
-/// take 1.5–3 KiB, so one step is nearly always enough.
+/// First prefix length tried for long inputs at 512 tokens. 510 tokens of Korean or
+/// English text take 1.5–3 KiB, so one step is nearly always enough. Models with a
+/// longer maximum get proportionally more (see `TextTokenizer::windows`).
 const FIRST_WINDOW: usize = 16 * 1024;
 /// Texts are counted in pieces of about this many bytes.
 const COUNT_SEGMENT: usize = 64 * 1024;
-/// The longest prefix ever tokenized for an embedding. 510 tokens never need more:
-/// no XLM-R piece is longer than a few dozen bytes. A text with no plain word boundary
-/// in its first 64 KiB (one huge run without spaces) is cut at a character boundary here.
+/// The longest prefix ever tokenized for an embedding at 512 tokens. 510 tokens never
+/// need more: no XLM-R piece is longer than a few dozen bytes. A text with no plain
+/// word boundary in its first 64 KiB (one huge run without spaces) is cut at a
+/// character boundary here. Models with a longer maximum get the same bytes per token
+/// (1 MiB for 8,192 tokens).
 const HARD_WINDOW: usize = 64 * 1024;
+/// The windows' size per token of the model's maximum: 64 KiB / 512 and 16 KiB / 512.
+const HARD_BYTES_PER_TOKEN: usize = HARD_WINDOW / 512;
+const FIRST_BYTES_PER_TOKEN: usize = FIRST_WINDOW / 512;
 /// Above this size a text is never tokenized whole for an embedding.
 const WHOLE_TEXT_LIMIT: usize = 16 << 20;
 
@@ -215,14 +221,22 @@ impl TextTokenizer {
         }
     }
 
+    /// The first and the largest prefix tokenized for an embedding: 16 KiB and 64 KiB
+    /// at 512 tokens, proportionally more for models that take more tokens.
+    fn windows(&self) -> (usize, usize) {
+        let tokens = self.max_tokens.max(512);
+        (tokens.saturating_mul(FIRST_BYTES_PER_TOKEN), tokens.saturating_mul(HARD_BYTES_PER_TOKEN))
+    }
+
     /// Token ids the model sees for `text`: `<s>`, at most `max_tokens - 2` content
     /// tokens, `</s>`.
     pub fn encode(&self, kind: Kind, text: &str) -> Result<Vec<u32>> {
-        self.encode_windowed(kind, text, FIRST_WINDOW)
+        self.encode_windowed(kind, text, self.windows().0)
     }
 
     fn encode_windowed(&self, kind: Kind, text: &str, first_window: usize) -> Result<Vec<u32>> {
         let budget = self.max_tokens - 2;
+        let hard_window = self.windows().1;
         let mut window = first_window;
         let whole = || self.content(&self.prepare(kind, text));
         let content = loop {
@@ -231,21 +245,21 @@ impl TextTokenizer {
             }
             // A prefix that ends at a plain word keeps its end unstripped, as the
             // whole text would. Past the hard window, any boundary will do.
-            let last = window >= HARD_WINDOW;
+            let last = window >= hard_window;
             let cut = word_cut(text, window).or_else(|| last.then(|| any_cut(text, window)));
             if let Some(cut) = cut {
                 let ids = self.content(&self.prepare(kind, &text[..cut]))?;
                 if ids.len() >= budget {
                     break ids;
                 }
-                // 64 KiB that hold fewer than 510 tokens are mostly whitespace, which the
+                // A hard window that holds too few tokens is mostly whitespace, which the
                 // prefix would strip at its end: tokenize the whole text if that is
                 // affordable, else accept the prefix.
                 if last {
                     break if text.len() <= WHOLE_TEXT_LIMIT { whole()? } else { ids };
                 }
             }
-            window = window.saturating_mul(4).min(HARD_WINDOW.max(first_window));
+            window = window.saturating_mul(4).min(hard_window.max(first_window));
         };
         Ok(self.wrap(content))
     }
@@ -369,6 +383,24 @@ mod bounded_tests {
             let text = unit.repeat(300_000 / unit.len());
             let whole = t.encode_unbounded(Kind::Passage, &text).unwrap();
             assert_eq!(whole.len(), 512);
+            assert_eq!(t.encode(Kind::Passage, &text).unwrap(), whole);
+        }
+    }
+
+    #[test]
+    fn windows_grow_with_the_models_maximum() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-xlmr/tokenizer.json");
+        assert_eq!(tokenizer().windows(), (16 * 1024, 64 * 1024));
+        let t = TextTokenizer::from_file(&p, 8192, false).unwrap();
+        assert_eq!(t.windows(), (256 * 1024, 1024 * 1024));
+        // 8,190 content tokens need more than the 512-token windows hold: spaced text of
+        // about 290 KB, and 1.4 MB without a space (cut at the 1 MiB window).
+        for text in [
+            "대한민국의 주권은 국민에게 있고 모든 권력은 국민으로부터 나온다 ".repeat(3000),
+            "대한민국의모든국민은인간으로서의존엄과가치를가진다".repeat(1_400_000 / 69),
+        ] {
+            let whole = t.encode_unbounded(Kind::Passage, &text).unwrap();
+            assert_eq!(whole.len(), 8192);
             assert_eq!(t.encode(Kind::Passage, &text).unwrap(), whole);
         }
     }
