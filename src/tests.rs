@@ -1052,6 +1052,39 @@ mod tests {
         assert!((own.1.unwrap() - 1.0).abs() < 1e-5, "{own:?}");
     }
 
+    /// A long-context model (KURE-v1 / bge-m3 shape: 8,194 positions, CLS pooling,
+    /// max_seq_length 8192) through SQL: counts, vectors past 512 tokens and chunks up
+    /// to the model's maximum, against the reference (tests/fixtures/expected-long.json).
+    #[pg_test]
+    fn long_context_model_through_sql() {
+        use_fixture("tiny-xlmr-long");
+        let expected: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/fixtures/expected-long.json")).unwrap();
+        for c in expected["cases"].as_array().unwrap() {
+            let text = c["text"].as_str().unwrap();
+            let count = Spi::get_one_with_args::<i32>("SELECT koe5_token_count($1)", &[DatumWithOid::from(text)])
+                .unwrap()
+                .unwrap();
+            assert_eq!(count as u64, c["passage_token_count"].as_u64().unwrap(), "{}", c["name"]);
+            let v = Spi::get_one_with_args::<Vec<f32>>("SELECT koe5_passage($1)", &[DatumWithOid::from(text)])
+                .unwrap()
+                .unwrap();
+            assert_close(c["name"].as_str().unwrap(), &v, &floats(&c["passage"]["embedding"]));
+        }
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT (koe5_model_info()->>'max_tokens')::int").unwrap(),
+            Some(8192)
+        );
+        let doc = include_str!("../data/ko/constitution.txt");
+        let (n, longest) = Spi::get_two_with_args::<i64, i32>(
+            "SELECT count(*), max(n_tokens) FROM koe5_chunks($1, 100000)",
+            &[DatumWithOid::from(doc)],
+        )
+        .unwrap();
+        let longest = longest.unwrap();
+        assert!(n.unwrap() >= 2 && longest > 4096 && longest <= 8192, "{n:?} chunks, longest {longest}");
+    }
+
     // Real trained weights: multilingual-e5-small as scripts/get-model.sh converts it
     // (a BertModel directory), against what sentence-transformers computed on it
     // (tests/real_weights/make_reference.py).
