@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::files;
 use crate::pooling::Pooling;
 
 /// The two encoder families koe5 runs. They share one network and Hugging Face's
@@ -137,17 +138,14 @@ struct SentenceConfig {
     do_lower_case: bool,
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+fn read_json<T: for<'de> Deserialize<'de>>(dir: &Path, path: &Path) -> Result<T> {
+    let bytes = files::read(dir, path, files::MAX_JSON)?;
     serde_json::from_slice(&bytes).map_err(|e| Error::config(path, e))
 }
 
-fn require_file(path: &Path) -> Result<()> {
-    match fs::metadata(path) {
-        Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(Error::new(ErrorKind::MissingFile, format!("\"{}\" is not a regular file", path.display()))),
-        Err(e) => Err(Error::io(path, e)),
-    }
+/// `path` is a regular file koe5 may open (see [`files`]).
+fn require_file(dir: &Path, path: &Path) -> Result<()> {
+    files::open(dir, path, u64::MAX).map(drop)
 }
 
 /// A module entry may only name a subdirectory of the model directory: a path in a
@@ -185,8 +183,7 @@ impl ModelSpec {
         }
 
         let config_path = dir.join("config.json");
-        require_file(&config_path)?;
-        let raw: serde_json::Value = read_json(&config_path)?;
+        let raw: serde_json::Value = read_json(dir, &config_path)?;
         let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
         let Some(architecture) = Architecture::from_model_type(model_type) else {
             return Err(Error::new(
@@ -220,6 +217,20 @@ impl ModelSpec {
                 ),
             ));
         }
+        for (name, value) in [
+            ("hidden_size", encoder.hidden_size),
+            ("intermediate_size", encoder.intermediate_size),
+            ("num_hidden_layers", encoder.num_hidden_layers),
+            ("vocab_size", encoder.vocab_size),
+            ("type_vocab_size", encoder.type_vocab_size),
+        ] {
+            if value == 0 {
+                return Err(Error::config(&config_path, format!("{name} must be at least 1")));
+            }
+        }
+        if !(encoder.layer_norm_eps.is_finite() && encoder.layer_norm_eps > 0.0) {
+            return Err(Error::config(&config_path, "layer_norm_eps must be a positive number"));
+        }
         if encoder.num_attention_heads == 0 || encoder.hidden_size % encoder.num_attention_heads != 0 {
             return Err(Error::config(&config_path, "hidden_size is not a multiple of num_attention_heads"));
         }
@@ -230,8 +241,8 @@ impl ModelSpec {
         // modules.json decides pooling and normalisation; without it, sentence-transformers
         // itself falls back to mean pooling over a plain transformer.
         let modules_path = dir.join("modules.json");
-        let (pooling, normalize) = if modules_path.exists() {
-            let modules: Vec<ModuleEntry> = read_json(&modules_path)?;
+        let (pooling, normalize) = if files::present(&modules_path) {
+            let modules: Vec<ModuleEntry> = read_json(dir, &modules_path)?;
             let mut pooling = None;
             let mut normalize = false;
             for m in &modules {
@@ -241,8 +252,7 @@ impl ModelSpec {
                     "Pooling" => {
                         let pdir = module_dir(dir, &modules_path, &m.path)?;
                         let pconf = pdir.join("config.json");
-                        require_file(&pconf)?;
-                        let value: serde_json::Value = read_json(&pconf)?;
+                        let value: serde_json::Value = read_json(dir, &pconf)?;
                         pooling = Some(Pooling::from_config(&value, &pconf)?);
                     }
                     "Normalize" => normalize = true,
@@ -262,7 +272,7 @@ impl ModelSpec {
 
         let sbert_path = dir.join("sentence_bert_config.json");
         let sbert: SentenceConfig =
-            if sbert_path.exists() { read_json(&sbert_path)? } else { SentenceConfig::default() };
+            if files::present(&sbert_path) { read_json(dir, &sbert_path)? } else { SentenceConfig::default() };
         let cap = encoder.max_tokens();
         let max_tokens = sbert.max_seq_length.unwrap_or(cap).min(cap);
         if max_tokens < 3 {
@@ -270,9 +280,9 @@ impl ModelSpec {
         }
 
         let weights = dir.join("model.safetensors");
-        require_file(&weights)?;
+        require_file(dir, &weights)?;
         let tokenizer = dir.join("tokenizer.json");
-        require_file(&tokenizer)?;
+        require_file(dir, &tokenizer)?;
 
         Ok(ModelSpec {
             dir: dir.to_path_buf(),

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod chunk;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod hub;
 pub mod kernels;
 pub mod model;
@@ -82,6 +83,8 @@ pub struct Embedder {
     tokenizer: TextTokenizer,
     encoder: model::Encoder,
     pub precision: Precision,
+    /// SHA-256 of the weights file as this model read it.
+    pub weights_sha256: String,
     pub load_time: Duration,
 }
 
@@ -99,15 +102,27 @@ impl Embedder {
         let start = Instant::now();
         let spec = ModelSpec::read(dir)?;
         let tokenizer = TextTokenizer::from_file(&spec.tokenizer, spec.max_tokens, spec.do_lower_case)?;
+        if tokenizer.max_id() as usize >= spec.encoder.vocab_size {
+            return Err(Error::config(
+                &spec.tokenizer,
+                format!(
+                    "its token ids reach {}, but the model's vocabulary has {} rows",
+                    tokenizer.max_id(),
+                    spec.encoder.vocab_size
+                ),
+            )
+            .with_hint("tokenizer.json and config.json belong to different models."));
+        }
         let device = Device::Cpu;
         // A file rewritten in place while it is read would give a half-old, half-new
         // model: its size and modification time must not change during the load.
         let before = file_stamp(&spec.weights)?;
-        let encoder = {
-            let tensors = weights::read_f32(&spec.weights, &model::stored_transposed, interrupt)?;
-            let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-            model::Encoder::new(&spec.encoder, spec.activation, precision, vb)
-                .map_err(|e| Error::weights(&spec.weights, e))?
+        let (encoder, weights_sha256) = {
+            let w = weights::read_f32(&spec.dir, &spec.weights, &model::stored_transposed, interrupt)?;
+            let vb = VarBuilder::from_tensors(w.tensors, DType::F32, &device);
+            let encoder = model::Encoder::new(&spec.encoder, spec.activation, precision, vb)
+                .map_err(|e| Error::weights(&spec.weights, e))?;
+            (encoder, w.sha256)
         };
         if file_stamp(&spec.weights)? != before {
             return Err(Error::new(
@@ -116,7 +131,7 @@ impl Embedder {
             )
             .with_hint("Replace a model by renaming a complete new directory into place, then retry."));
         }
-        Ok(Embedder { spec, tokenizer, encoder, precision, load_time: start.elapsed() })
+        Ok(Embedder { spec, tokenizer, encoder, precision, weights_sha256, load_time: start.elapsed() })
     }
 
     pub fn dimension(&self) -> usize {
@@ -171,7 +186,7 @@ impl Embedder {
         let mut seqs = Vec::with_capacity(texts.len());
         for t in texts {
             interrupt();
-            seqs.push(self.tokenize(kind, t)?);
+            seqs.push(self.tokenizer.encode_with(kind, t, interrupt)?);
         }
         let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
         let mut out: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
@@ -206,7 +221,21 @@ impl Embedder {
                 }
                 v
             })
-            .collect())
+            .map(|v| {
+                // Weights with Inf, NaN or values near f32's limit give vectors that are
+                // not numbers: a damaged model, never a vector to store.
+                if v.iter().all(|x| x.is_finite()) {
+                    Ok(v)
+                } else {
+                    Err(Error::new(
+                        ErrorKind::CorruptWeights,
+                        format!("the model in \"{}\" computed a vector that is not finite", self.spec.dir.display()),
+                    )
+                    .with_detail("Its weights hold infinite, NaN or overflowing values.")
+                    .with_hint("The model files are damaged or not a trained model; download them again."))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?)
     }
 }
 
@@ -227,10 +256,11 @@ pub fn file_stamp(path: &Path) -> Result<FileStamp> {
     Ok((meta.dev(), meta.ino(), meta.len(), meta.modified().map_err(|e| Error::io(path, e))?))
 }
 
-/// SHA-256 of a file, hex-encoded, read in 1 MiB pieces; `interrupt` runs between pieces.
+/// SHA-256 of a model file, hex-encoded, read in 1 MiB pieces (opened with the checks of
+/// [`files`], inside the directory that holds it); `interrupt` runs between pieces.
 pub fn sha256_file(path: &Path, interrupt: &mut dyn FnMut()) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let (mut f, _) = files::open(path.parent().unwrap_or(Path::new("/")), path, u64::MAX)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

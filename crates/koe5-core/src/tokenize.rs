@@ -47,8 +47,6 @@ const HARD_WINDOW: usize = 64 * 1024;
 /// The windows' size per token of the model's maximum: 64 KiB / 512 and 16 KiB / 512.
 const HARD_BYTES_PER_TOKEN: usize = HARD_WINDOW / 512;
 const FIRST_BYTES_PER_TOKEN: usize = FIRST_WINDOW / 512;
-/// Above this size a text is never tokenized whole for an embedding.
-const WHOLE_TEXT_LIMIT: usize = 16 << 20;
 
 pub struct TextTokenizer {
     inner: Tokenizer,
@@ -150,8 +148,11 @@ fn tokenization_is_local(tok: &Tokenizer) -> bool {
 }
 
 impl TextTokenizer {
+    /// Reads the tokenizer.json at `path` (with the checks of [`crate::files`], inside
+    /// the directory that holds it).
     pub fn from_file(path: &Path, max_tokens: usize, lower_case: bool) -> Result<TextTokenizer> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let bytes = crate::files::read(dir, path, crate::files::MAX_TOKENIZER)?;
         let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| {
             Error::new(ErrorKind::InvalidConfig, format!("invalid tokenizer file \"{}\": {e}", path.display()))
         })?;
@@ -176,6 +177,19 @@ impl TextTokenizer {
 
     pub fn max_tokens(&self) -> usize {
         self.max_tokens
+    }
+
+    /// Whether long texts are tokenized exactly in bounded windows (XLM-R's tokenizer,
+    /// whose tokenization is local to words). Any other tokenizer is bounded the same
+    /// way, but its tokens near a window's edge may differ from whole-text tokenization.
+    pub fn exact_windows(&self) -> bool {
+        self.local
+    }
+
+    /// The largest token id the tokenizer can produce, added tokens included.
+    pub fn max_id(&self) -> u32 {
+        let vocab = self.inner.get_vocab(true);
+        vocab.values().copied().max().unwrap_or(0).max(self.bos).max(self.eos)
     }
 
     /// The string the reference tokenizes for `text`.
@@ -212,13 +226,10 @@ impl TextTokenizer {
     }
 
     /// How many bytes of text are tokenized at once when a long text is counted or
-    /// chunked: a segment for XLM-R-shaped tokenizers, everything for the rest.
+    /// chunked (exact at plain word boundaries for XLM-R-shaped tokenizers; for others,
+    /// a count may be off by a token or two per segment, but memory stays bounded).
     pub(crate) fn segment(&self) -> usize {
-        if self.local {
-            COUNT_SEGMENT
-        } else {
-            usize::MAX
-        }
+        COUNT_SEGMENT
     }
 
     /// The first and the largest prefix tokenized for an embedding: 16 KiB and 64 KiB
@@ -231,17 +242,38 @@ impl TextTokenizer {
     /// Token ids the model sees for `text`: `<s>`, at most `max_tokens - 2` content
     /// tokens, `</s>`.
     pub fn encode(&self, kind: Kind, text: &str) -> Result<Vec<u32>> {
-        self.encode_windowed(kind, text, self.windows().0)
+        self.encode_with(kind, text, &mut || {})
     }
 
-    fn encode_windowed(&self, kind: Kind, text: &str, first_window: usize) -> Result<Vec<u32>> {
+    /// [`encode`](Self::encode), calling `interrupt` between the pieces of a long text.
+    pub fn encode_with(&self, kind: Kind, text: &str, interrupt: &mut dyn FnMut()) -> Result<Vec<u32>> {
+        self.encode_windowed(kind, text, self.windows().0, interrupt)
+    }
+
+    fn encode_windowed(
+        &self,
+        kind: Kind,
+        text: &str,
+        first_window: usize,
+        interrupt: &mut dyn FnMut(),
+    ) -> Result<Vec<u32>> {
         let budget = self.max_tokens - 2;
         let hard_window = self.windows().1;
         let mut window = first_window;
         let whole = || self.content(&self.prepare(kind, text));
         let content = loop {
-            if window >= text.len() || !self.local {
+            if window >= text.len() {
                 break whole()?;
+            }
+            if !self.local {
+                // Not XLM-R's tokenizer: its tokens are not known to be local to words,
+                // so only the hard window is tokenized (exact unless a text holds fewer
+                // than max_tokens tokens in that many bytes).
+                let hard = hard_window.max(first_window);
+                if text.len() <= hard {
+                    break whole()?;
+                }
+                break self.content(&self.prepare(kind, &text[..any_cut(text, hard)]))?;
             }
             // A prefix that ends at a plain word keeps its end unstripped, as the
             // whole text would. Past the hard window, any boundary will do.
@@ -252,11 +284,27 @@ impl TextTokenizer {
                 if ids.len() >= budget {
                     break ids;
                 }
-                // A hard window that holds too few tokens is mostly whitespace, which the
-                // prefix would strip at its end: tokenize the whole text if that is
-                // affordable, else accept the prefix.
+                // A hard window that holds too few tokens is mostly whitespace or
+                // invisible characters. Go on piece by piece, as counting does (bounded
+                // memory, `interrupt` between pieces), each piece trimmed of whitespace
+                // at its cuts, until the budget is reached or the text ends.
                 if last {
-                    break if text.len() <= WHOLE_TEXT_LIMIT { whole()? } else { ids };
+                    let mut ids = ids;
+                    let mut rest = &text[cut..];
+                    while ids.len() < budget && !rest.trim_matches(is_py_space).is_empty() {
+                        interrupt();
+                        let end = piece_end(rest, hard_window);
+                        let piece = rest[..end].trim_matches(is_py_space);
+                        if !piece.is_empty() {
+                            if self.lower_case {
+                                ids.extend(self.content(&piece.to_lowercase())?);
+                            } else {
+                                ids.extend(self.content(piece)?);
+                            }
+                        }
+                        rest = &rest[end..];
+                    }
+                    break ids;
                 }
             }
             window = window.saturating_mul(4).min(hard_window.max(first_window));
@@ -305,7 +353,7 @@ impl TextTokenizer {
 
     #[cfg(test)]
     pub(crate) fn encode_with_window(&self, kind: Kind, text: &str, window: usize) -> Result<Vec<u32>> {
-        self.encode_windowed(kind, text, window)
+        self.encode_windowed(kind, text, window, &mut || {})
     }
 
     #[cfg(test)]
@@ -403,6 +451,54 @@ mod bounded_tests {
             assert_eq!(whole.len(), 8192);
             assert_eq!(t.encode(Kind::Passage, &text).unwrap(), whole);
         }
+    }
+
+    #[test]
+    fn mostly_blank_long_texts_are_tokenized_piece_by_piece() {
+        let t = tokenizer();
+        // 16 MB of spaces between two letters: the whole text's tokens are those of
+        // "a b" (space runs collapse), reached piece by piece with bounded memory.
+        let text = format!("a{}b", " ".repeat(16_000_000));
+        let mut pieces = 0;
+        let got = t.encode_with(Kind::Passage, &text, &mut || pieces += 1).unwrap();
+        assert_eq!(got, t.encode_unbounded(Kind::Passage, "a b").unwrap());
+        assert!(pieces > 100, "{pieces} interrupt checks");
+        // Other invisible runs end too, within the model's maximum.
+        for filler in ["\u{1}", "\u{200b}"] {
+            let text = format!("a{}b", filler.repeat(4_000_000));
+            let ids = t.encode(Kind::Passage, &text).unwrap();
+            assert!(ids.len() <= 512 && ids.len() >= 4, "{filler:?}: {} ids", ids.len());
+        }
+    }
+
+    #[test]
+    fn other_tokenizers_are_bounded_too() {
+        // XLM-R's tokenizer with one more normalizer: no longer known to be local.
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-xlmr/tokenizer.json");
+        let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        let seq = spec["normalizer"]["normalizers"].as_array_mut().unwrap();
+        seq.push(serde_json::json!({"type": "Lowercase"}));
+        let dir = std::env::temp_dir().join(format!("koe5-other-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tokenizer.json");
+        std::fs::write(&file, serde_json::to_vec(&spec).unwrap()).unwrap();
+        let t = TextTokenizer::from_file(&file, 512, false).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!t.exact_windows());
+        let unit = "대한민국의 주권은 국민에게 있고 모든 권력은 국민으로부터 나온다 ";
+        let text = unit.repeat(16_000_000 / unit.len());
+        let start = std::time::Instant::now();
+        let ids = t.encode(Kind::Passage, &text).unwrap();
+        // Only the first 64 KiB were tokenized: the same first tokens as the whole text.
+        assert_eq!(ids, t.encode_unbounded(Kind::Passage, &text[..any_cut(&text, 64 * 1024)]).unwrap());
+        assert_eq!(ids.len(), 512);
+        let mut pieces = 0;
+        let n = t.count(Kind::Passage, &text, &mut || pieces += 1).unwrap();
+        assert!(pieces >= 200, "{pieces} pieces");
+        let per_unit = t.count(Kind::Passage, unit.trim_end(), &mut || {}).unwrap() - t.count(Kind::Passage, "", &mut || {}).unwrap();
+        let want = per_unit * (16_000_000 / unit.len());
+        assert!(n.abs_diff(want) * 100 < want, "{n} vs about {want}");
+        assert!(start.elapsed().as_secs() < 60);
     }
 
     #[test]

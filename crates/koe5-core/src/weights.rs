@@ -9,7 +9,6 @@
 //! against the backend.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -45,29 +44,46 @@ fn zeroed<T: Copy + Default>(count: usize, path: &Path) -> Result<Vec<T>> {
     Ok(v)
 }
 
-/// Every tensor of the file as f32 on the CPU, by name, with the 2-D tensors for which
-/// `transposed(name)` holds stored transposed (each one as it is read, so loading never
-/// holds two copies of the model). `interrupt` runs between tensors.
+/// The tensors of a weights file, and the SHA-256 of exactly the bytes they were read from.
+pub struct Weights {
+    pub tensors: HashMap<String, Tensor>,
+    /// Hex SHA-256 of the file as read (every byte of it: the header and the tensors
+    /// tile the file), so it names the model loaded even if the file changes later.
+    pub sha256: String,
+}
+
+/// Every tensor of the file `path` (in the model directory `dir`, opened with the
+/// checks of [`crate::files`]) as f32 on the CPU, by name, with the 2-D tensors for
+/// which `transposed(name)` holds stored transposed (each one as it is read, so loading
+/// never holds two copies of the model). `interrupt` runs between tensors.
 ///
 /// The header is checked before anything large is allocated: sizes must match types
 /// and shapes (without overflow), and the tensors must tile the data section exactly,
 /// in order, without gaps or overlaps, as the format requires.
 pub fn read_f32(
+    dir: &Path,
     path: &Path,
     transposed: &dyn Fn(&str) -> bool,
     interrupt: &mut dyn FnMut(),
-) -> Result<HashMap<String, Tensor>> {
+) -> Result<Weights> {
+    use sha2::{Digest, Sha256};
     let bad = |reason: String| Error::weights(path, reason);
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let (file, meta) = crate::files::open(dir, path, u64::MAX)?;
+    let size = meta.len();
+    let mut hasher = Sha256::new();
     let mut len = [0u8; 8];
     file.read_exact_at(&mut len, 0).map_err(|e| bad(format!("cannot read the header length: {e}")))?;
     let header_len = u64::from_le_bytes(len);
-    if header_len > MAX_HEADER || header_len.saturating_add(8) > size {
-        return Err(bad(format!("header length {header_len} does not fit a file of {size} bytes")));
+    if header_len > MAX_HEADER {
+        return Err(bad(format!("its header is larger than the {} MiB koe5 reads", MAX_HEADER >> 20)));
+    }
+    if header_len.saturating_add(8) > size {
+        return Err(bad("its header runs past the end of the file".into()));
     }
     let mut header = vec![0u8; header_len as usize];
     file.read_exact_at(&mut header, 8).map_err(|e| bad(format!("cannot read the header: {e}")))?;
+    hasher.update(len);
+    hasher.update(&header);
     let mut raw: HashMap<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| bad(format!("invalid header: {e}")))?;
     raw.remove("__metadata__");
@@ -108,12 +124,16 @@ pub fn read_f32(
         let tensor = if e.dtype == "F32" {
             let mut v: Vec<f32> = zeroed(count, path)?;
             // SAFETY: any bit pattern is a valid f32; the slice covers exactly `v`.
-            read(unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), count * 4) })?;
+            let bytes = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), count * 4) };
+            read(bytes)?;
+            hasher.update(&*bytes);
             Tensor::from_vec(v, e.shape, &Device::Cpu)
         } else {
             let mut v: Vec<u16> = zeroed(count, path)?;
             // SAFETY: as above, for u16.
-            read(unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), count * 2) })?;
+            let bytes = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), count * 2) };
+            read(bytes)?;
+            hasher.update(&*bytes);
             // Converted here, not by candle: a load computes nothing in candle, so it
             // starts none of candle's threads (the postmaster must have none, see the
             // extension's `preload`).
@@ -131,7 +151,8 @@ pub fn read_f32(
             return Err(bad(format!("tensor \"{name}\" appears twice")));
         }
     }
-    Ok(tensors)
+    let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Weights { tensors, sha256 })
 }
 
 /// IEEE half precision to f32, exactly (subnormals, infinities and NaN included).
@@ -157,6 +178,10 @@ pub fn f16_to_f32(h: u16) -> f32 {
 mod tests {
     use super::*;
 
+    fn read(path: &Path) -> Result<Weights> {
+        read_f32(path.parent().unwrap(), path, &|_| false, &mut || {})
+    }
+
     #[test]
     fn half_precision_files_are_widened_exactly() {
         // f16: 1, -2, 65504 (largest), 2^-24 (smallest subnormal), -0, +inf; bf16: 1, -3.5, NaN.
@@ -170,7 +195,7 @@ mod tests {
         }
         let path = std::env::temp_dir().join(format!("koe5-half-{}.safetensors", std::process::id()));
         std::fs::write(&path, &file).unwrap();
-        let t = read_f32(&path, &|_| false, &mut || {}).unwrap();
+        let t = read(&path).unwrap().tensors;
         std::fs::remove_file(&path).unwrap();
         let a: Vec<f32> = t["a"].to_vec1().unwrap();
         assert_eq!(&a[..5], &[1.0, -2.0, 65504.0, 1.0 / 16_777_216.0, -0.0]);
@@ -194,22 +219,30 @@ mod tests {
     fn a_file_cut_anywhere_is_an_error_not_a_fault() {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-xlmr/model.safetensors");
         let bytes = std::fs::read(&fixture).unwrap();
-        let whole = read_f32(&fixture, &|_| false, &mut || {}).unwrap();
-        assert!(whole.len() > 10);
+        let whole = read(&fixture).unwrap();
+        assert!(whole.tensors.len() > 10);
+        // The SHA-256 of what was read is the file's.
+        assert_eq!(whole.sha256, crate::sha256_file(&fixture, &mut || {}).unwrap());
         let dir = std::env::temp_dir().join(format!("koe5-weights-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cut = dir.join("model.safetensors");
         for len in [0, 5, 8, 9, 200, bytes.len() / 2, bytes.len() - 1] {
             std::fs::write(&cut, &bytes[..len]).unwrap();
             let err =
-                read_f32(&cut, &|_| false, &mut || {}).err().unwrap_or_else(|| panic!("cut at {len} bytes loaded"));
+                read(&cut).err().unwrap_or_else(|| panic!("cut at {len} bytes loaded"));
             assert!(err.message.starts_with("could not load weights from"), "{len}: {}", err.message);
         }
         // A header that claims more than the file holds.
         let mut bad = bytes.clone();
         bad[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
         std::fs::write(&cut, &bad).unwrap();
-        assert!(read_f32(&cut, &|_| false, &mut || {}).is_err());
+        let err = read(&cut).err().unwrap();
+        // The reason, not the raw header bytes (which would fingerprint any file).
+        assert!(err.message.ends_with("its header is larger than the 16 MiB koe5 reads"), "{}", err.message);
+        bad[..8].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+        std::fs::write(&cut, &bad).unwrap();
+        let err = read(&cut).err().unwrap();
+        assert!(err.message.ends_with("its header runs past the end of the file"), "{}", err.message);
         // Crafted headers: overflowing shapes, overlapping tensors, huge offsets.
         for header in [
             r#"{"a":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,0]}}"#,
@@ -221,7 +254,7 @@ mod tests {
             file.extend_from_slice(header.as_bytes());
             file.extend_from_slice(&[0u8; 8]);
             std::fs::write(&cut, &file).unwrap();
-            let err = read_f32(&cut, &|_| false, &mut || {}).err().unwrap_or_else(|| panic!("{header} loaded"));
+            let err = read(&cut).err().unwrap_or_else(|| panic!("{header} loaded"));
             assert!(err.message.starts_with("could not load weights from"), "{header}: {}", err.message);
         }
         std::fs::remove_dir_all(&dir).unwrap();
