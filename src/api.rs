@@ -219,7 +219,18 @@ fn koe5_model_info() -> JsonB {
     info["normalize"] = json!(spec.normalize);
     info["layers"] = json!(spec.encoder.num_hidden_layers);
     info["weights"] = json!(spec.weights.display().to_string());
-    info["sha256"] = json!(backend::weights_sha256(&spec.weights).or_raise());
+    // The loaded model's hash is of the bytes it was read from; a model not loaded here
+    // is hashed on disk, and a file that cannot be read is reported, not raised.
+    match &loaded {
+        Some(m) => info["sha256"] = json!(m.embedder.weights_sha256),
+        None => match backend::weights_sha256(&spec.weights) {
+            Ok(hex) => info["sha256"] = json!(hex),
+            Err(e) => {
+                info["sha256"] = json!(null);
+                info["error"] = json!(e.message);
+            }
+        },
+    }
     match &loaded {
         Some(m) => {
             info["loaded"] = json!(true);

@@ -34,12 +34,19 @@ pub struct Loaded {
 /// Longer query texts are not remembered: a cache is for short, repeated queries.
 const CACHED_QUERY_MAX_BYTES: usize = 4 * 1024;
 
-/// Query text → embedding, least recently used first out. Lookups hash; only an
-/// insertion into a full cache scans for the oldest entry.
+/// (role, query text) → embedding, least recently used first out. Lookups hash; only
+/// an insertion into a full cache scans for the oldest entry. Keyed by the current
+/// role too, so that a role sharing the backend (SET ROLE, a connection pooler) cannot
+/// learn from a cache hit which queries another role ran.
 #[derive(Default)]
 struct QueryCache {
-    entries: HashMap<String, (Vec<f32>, u64)>,
+    entries: HashMap<(u32, String), (Vec<f32>, u64)>,
     clock: u64,
+}
+
+fn current_role() -> u32 {
+    // SAFETY: reads the backend's current user id; no preconditions.
+    unsafe { pg_sys::GetUserId() }.to_u32()
 }
 
 impl Loaded {
@@ -52,7 +59,7 @@ impl Loaded {
         }
         cache.clock += 1;
         let now = cache.clock;
-        let (v, used) = cache.entries.get_mut(text)?;
+        let (v, used) = cache.entries.get_mut(&(current_role(), text.to_owned()))?;
         *used = now;
         let v = v.clone();
         STATS.with(|s| s.borrow_mut().query_cache_hits += 1);
@@ -73,7 +80,7 @@ impl Loaded {
         }
         cache.clock += 1;
         let now = cache.clock;
-        cache.entries.insert(text.to_owned(), (v.to_vec(), now));
+        cache.entries.insert((current_role(), text.to_owned()), (v.to_vec(), now));
     }
 
     pub fn cached_queries(&self) -> usize {
@@ -150,6 +157,7 @@ pub fn model() -> Result<Rc<Loaded>> {
     MODEL.with(|m| m.borrow_mut().take());
     let embedder = Embedder::load_with(&dir, precision, &mut check_interrupts)?;
     release_free_memory();
+    warn_inexact_tokenizer(&dir, &embedder, false);
     let loaded = Rc::new(Loaded::new(dir, embedder, false));
     MODEL.with(|m| *m.borrow_mut() = Some(loaded.clone()));
     Ok(loaded)
@@ -184,6 +192,24 @@ impl Loaded {
             );
         }
         same
+    }
+}
+
+/// A tokenizer other than XLM-R's is bounded to a window of each long text, not known
+/// to be exact there: say so when such a model loads.
+fn warn_inexact_tokenizer(dir: &std::path::Path, embedder: &Embedder, preloading: bool) {
+    if embedder.tokenizer().exact_windows() {
+        return;
+    }
+    let msg = format!(
+        "koe5: the tokenizer of the model in \"{}\" is not XLM-R's: long texts are tokenized from their first {} KiB only, and their token counts are approximate",
+        dir.display(),
+        embedder.spec.max_tokens.max(512) * 128 / 1024
+    );
+    if preloading {
+        pgrx::log!("{msg}");
+    } else {
+        pgrx::warning!("{msg}");
     }
 }
 
@@ -232,6 +258,7 @@ pub fn preload() {
     match load {
         Ok(Ok(embedder)) => {
             release_free_memory();
+            warn_inexact_tokenizer(&dir, &embedder, true);
             pgrx::log!(
                 "koe5: preloaded the model in \"{}\" ({}) in {:.1} s; sessions share it",
                 dir.display(),

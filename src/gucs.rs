@@ -41,6 +41,7 @@ pub static WORKER_DATABASE: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(Some(c"postgres"));
 pub static WORKER_NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static WORKER_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64);
+pub static WORKER_BATCH_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(300_000);
 
 /// `koe5.preload` exists only where koe5 is in shared_preload_libraries: PostgreSQL
 /// refuses (with FATAL) to define a PGC_POSTMASTER setting once the server runs.
@@ -138,6 +139,16 @@ pub fn init() {
         10_000,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"koe5.worker_batch_timeout",
+        c"Sets how long one batch of the background worker may run; 0 means no limit.",
+        c"A batch that runs longer (a slow trigger on its table, for instance) is cancelled, and its table rests before the next try, so the other tables' rows go on.",
+        &WORKER_BATCH_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     unsafe {
         #[cfg(not(feature = "pg14"))]

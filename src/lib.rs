@@ -29,6 +29,14 @@ extension_sql_file!("../sql/koe5--0.1.0--0.2.0.sql", name = "koe5_0_2_0", requir
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // pgrx captures a backtrace for every error raised through Rust when the server's
+    // environment has RUST_BACKTRACE set, and prints it as the error's DETAIL: 30
+    // frames of koe5's internals for a plain cancel. Off unless the administrator asks
+    // for it with RUST_LIB_BACKTRACE. SAFETY: _PG_init runs before koe5 starts any
+    // thread in this process.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     gucs::init();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         worker::register();
@@ -49,6 +57,9 @@ pub mod pg_test {
             "koe5.worker_enabled = on",
             "koe5.worker_database = 'koe5_worker_test'",
             "koe5.worker_naptime = 200",
+            // A slow trigger's batch is cut here (worker test); normal test batches take
+            // milliseconds.
+            "koe5.worker_batch_timeout = '2s'",
             // The parity tests hold koe5 to the reference's f32 vectors; bf16 has a test
             // of its own.
             "koe5.precision = 'f32'",

@@ -1085,6 +1085,63 @@ mod tests {
         assert!(n.unwrap() >= 2 && longest > 4096 && longest <= 8192, "{n:?} chunks, longest {longest}");
     }
 
+    /// Hardening II through SQL: a FIFO or a device among the model files is a prompt
+    /// 58P01 (it hung the backend, or read until the OOM killer reset the server), an
+    /// unreadable weights file is reported by koe5_model_info instead of raised, and
+    /// the query cache is not shared between roles of one backend.
+    #[pg_test]
+    fn hostile_model_files_and_roles_sharing_a_backend() {
+        let fixture = std::path::Path::new(FIXTURES).join("tiny-xlmr");
+        let dir = std::env::temp_dir().join(format!("koe5-pg-hostile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+        for f in ["config.json", "sentence_bert_config.json", "1_Pooling/config.json", "model.safetensors"] {
+            std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
+        }
+        std::os::unix::fs::symlink(std::fs::canonicalize(fixture.join("tokenizer.json")).unwrap(), dir.join("tokenizer.json"))
+            .unwrap();
+        let fifo = std::ffi::CString::new(dir.join("modules.json").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        Spi::run(&format!("SET koe5.model_path = '{}'", dir.display())).unwrap();
+        let started = std::time::Instant::now();
+        let got = outcome("SELECT koe5_query('헌법')");
+        assert!(started.elapsed().as_secs() < 5, "{got} after {:?}", started.elapsed());
+        assert_eq!(got, format!("58P01: \"{}/modules.json\" is not a regular file", dir.display()));
+        std::fs::remove_file(dir.join("modules.json")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join("modules.json")).unwrap();
+        assert_eq!(
+            outcome("SELECT koe5_query('헌법')"),
+            format!("58P01: \"{}/modules.json\" is not a regular file", dir.display())
+        );
+        std::fs::remove_file(dir.join("modules.json")).unwrap();
+        std::fs::copy(fixture.join("modules.json"), dir.join("modules.json")).unwrap();
+        // Weights the server cannot read: reported, not raised.
+        let w = dir.join("model.safetensors");
+        std::fs::set_permissions(&w, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+        // SAFETY: geteuid cannot fail. (Root reads any file; the test server is not root.)
+        if unsafe { libc::geteuid() } != 0 {
+            let info = Spi::get_one::<pgrx::JsonB>("SELECT koe5_model_info()").unwrap().unwrap().0;
+            assert_eq!(info["loaded"], false, "{info}");
+            assert!(info["error"].as_str().unwrap().contains("model.safetensors"), "{info}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        use_fixture("tiny-xlmr");
+        Spi::run("CREATE ROLE koe5_cache_a; CREATE ROLE koe5_cache_b").unwrap();
+        Spi::run("GRANT koe5_cache_a, koe5_cache_b TO CURRENT_USER").unwrap();
+        let hits = || Spi::get_one::<i64>("SELECT query_cache_hits FROM koe5_backend_stats()").unwrap().unwrap();
+        Spi::run("SET ROLE koe5_cache_a").unwrap();
+        Spi::run("SELECT koe5_query('캐시 역할 시험')").unwrap();
+        let before = hits();
+        Spi::run("SELECT koe5_query('캐시 역할 시험')").unwrap();
+        assert_eq!(hits(), before + 1, "the same role hits its own cache");
+        Spi::run("SET ROLE koe5_cache_b").unwrap();
+        Spi::run("SELECT koe5_query('캐시 역할 시험')").unwrap();
+        assert_eq!(hits(), before + 1, "another role does not hit the first role's entry");
+        Spi::run("RESET ROLE").unwrap();
+    }
+
     // Real trained weights: multilingual-e5-small as scripts/get-model.sh converts it
     // (a BertModel directory), against what sentence-transformers computed on it
     // (tests/real_weights/make_reference.py).
@@ -1707,9 +1764,100 @@ pub(crate) mod client_tests {
             "queue: 250 single-row inserts took {first:?} with the queue trigger, 250 more {second:?}; \
              the worker embedded the first 250 in {first_embedded:?}"
         ));
+        // A table whose trigger sleeps 30 s stalls no other table for more than
+        // koe5.worker_batch_timeout (2 s here): its batch is cancelled, it rests, and
+        // the cancel is its entries' last_error.
+        db.batch_execute(
+            "CREATE TABLE slow (id int PRIMARY KEY, body text, emb real[]);
+             CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_sleep(30); RETURN NEW; END $$;
+             CREATE TRIGGER slow_down BEFORE UPDATE ON slow FOR EACH ROW EXECUTE FUNCTION slow_down();
+             SELECT koe5_enqueue_table('slow', 'body', 'emb');
+             INSERT INTO slow VALUES (1, '느린 표');",
+        )
+        .unwrap();
+        wait_for("the worker to start on the slow table", Duration::from_secs(30), || {
+            admin
+                .query_one(
+                    "SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'koe5 worker' AND wait_event = 'PgSleep'",
+                    &[],
+                )
+                .unwrap()
+                .get::<_, bool>(0)
+        });
+        let start = Instant::now();
+        db.batch_execute("INSERT INTO docs VALUES (1000, '다른 표의 새 행')").unwrap();
+        wait_for("the other table's row despite the slow trigger", Duration::from_secs(25), || {
+            db.query_one("SELECT emb IS NOT NULL FROM docs WHERE id = 1000", &[]).unwrap().get::<_, bool>(0)
+        });
+        let other = start.elapsed();
+        assert!(other < Duration::from_secs(10), "another table's row waited {other:?}");
+        wait_for("the slow table's error", Duration::from_secs(20), || {
+            db.query_opt("SELECT last_error FROM koe5_queue_status WHERE table_name = 'slow'::regclass", &[])
+                .unwrap()
+                .and_then(|r| r.get::<_, Option<String>>(0))
+                .is_some_and(|e| e.contains("statement timeout"))
+        });
+        figure(format!("queue: with a 30 s trigger on another table, a new row was embedded after {other:?}"));
+        db.batch_execute("SELECT koe5_dequeue_table('slow'); DROP TABLE slow").unwrap();
         db.batch_execute("SELECT koe5_dequeue_table('docs')").unwrap();
         let left: i64 = db.query_one("SELECT count(*) FROM koe5_queue_status", &[]).unwrap().get(0);
         assert_eq!(left, 0);
+    }
+
+    /// The recommended install: koe5 in a schema only trusted roles create in. A role
+    /// that may create in `public` cannot add an overload next to koe5's functions
+    /// (which made every call ambiguous for everyone when koe5 lived in `public`), and
+    /// schema-qualified calls and koe5's own pipelines reach koe5's functions whatever
+    /// such a role adds elsewhere.
+    #[test]
+    fn koe5_in_a_schema_of_its_own_cannot_be_shadowed() {
+        let mut c = connect(None);
+        c.batch_execute("DROP DATABASE IF EXISTS koe5_own_schema WITH (FORCE)").unwrap();
+        c.batch_execute("CREATE DATABASE koe5_own_schema").unwrap();
+        let mut db = connect(Some("koe5_own_schema"));
+        db.batch_execute(&format!(
+            "SET koe5.model_path = '{FIXTURES}/tiny-xlmr';
+             CREATE SCHEMA koe5; CREATE EXTENSION koe5 SCHEMA koe5;
+             DO $$ BEGIN CREATE ROLE koe5_mallory; EXCEPTION WHEN duplicate_object THEN END $$;
+             GRANT CREATE, USAGE ON SCHEMA public TO koe5_mallory;
+             GRANT USAGE ON SCHEMA koe5 TO koe5_mallory;
+             CREATE TABLE docs (id int PRIMARY KEY, body text, emb real[]);
+             INSERT INTO docs SELECT g, '제' || g || '조 국민의 권리' FROM generate_series(1, 5) g;"
+        ))
+        .unwrap();
+        let evil = "CREATE FUNCTION {schema}.koe5_passage(t text, evil int DEFAULT 0) RETURNS real[]
+                    LANGUAGE sql AS 'SELECT ARRAY[0]::real[]'";
+        db.batch_execute("SET ROLE koe5_mallory").unwrap();
+        let refused = sqlstate_of(db.batch_execute(&evil.replace("{schema}", "koe5")));
+        assert!(refused.starts_with("42501: permission denied for schema koe5"), "{refused}");
+        db.batch_execute(&evil.replace("{schema}", "public")).unwrap();
+        db.batch_execute("RESET ROLE").unwrap();
+        let good: i64 = db
+            .query_one("SELECT count(*) FROM docs WHERE cardinality(koe5.koe5_passage(body)) = 32", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(good, 5);
+        db.batch_execute(
+            "SET search_path = public, koe5;
+             CALL koe5.koe5_backfill('docs', 'body', 'emb');
+             CREATE TABLE later (id int PRIMARY KEY, body text, emb real[]);
+             CREATE TRIGGER embed BEFORE INSERT OR UPDATE ON later
+                 FOR EACH ROW EXECUTE FUNCTION koe5.koe5_embed_trigger('body', 'emb');
+             INSERT INTO later VALUES (1, '대한민국은 민주공화국이다.');",
+        )
+        .unwrap();
+        let stored: i64 = db
+            .query_one(
+                "SELECT (SELECT count(*) FROM docs WHERE emb = koe5.koe5_passage(body))
+                      + (SELECT count(*) FROM later WHERE emb = koe5.koe5_passage(body))",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(stored, 6, "backfill and trigger used koe5's own function");
+        drop(db);
+        c.batch_execute("DROP DATABASE koe5_own_schema WITH (FORCE)").unwrap();
     }
 
     #[test]

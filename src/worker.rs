@@ -40,6 +40,16 @@ unsafe extern "C-unwind" {
     fn postgres_die(signal: std::ffi::c_int);
 }
 
+/// `STATEMENT_TIMEOUT` of PostgreSQL's `TimeoutId` (utils/timeout.h, the same fourth
+/// entry in 14 to 18; pgrx has no bindings for that header). SPI does not arm
+/// statement_timeout in a background worker, so the worker arms it for each batch.
+const STATEMENT_TIMEOUT: std::ffi::c_int = 3;
+
+unsafe extern "C-unwind" {
+    fn enable_timeout_after(id: std::ffi::c_int, delay_ms: std::ffi::c_int);
+    fn disable_timeout(id: std::ffi::c_int, keep_indicator: bool);
+}
+
 fn nap() -> bool {
     let ms = u64::try_from(gucs::WORKER_NAPTIME_MS.get()).unwrap_or(1000);
     BackgroundWorker::wait_latch(Some(Duration::from_millis(ms)))
@@ -104,7 +114,7 @@ pub extern "C-unwind" fn koe5_worker_main(_arg: pg_sys::Datum) {
 
 /// One batch for every table with due queue entries; true if any work was done.
 fn embed_due_batches(resting: &mut HashMap<u32, Instant>) -> bool {
-    let Some(Some((schema, tables))) = in_transaction(due_tables) else { return false };
+    let Ok(Some((schema, tables))) = in_transaction(due_tables) else { return false };
     let batch = gucs::WORKER_BATCH_SIZE.get();
     let step = format!("SELECT {schema}.koe5_process_queue_table($1::pg_catalog.regclass, $2)");
     resting.retain(|_, until| *until > Instant::now());
@@ -115,13 +125,29 @@ fn embed_due_batches(resting: &mut HashMap<u32, Instant>) -> bool {
         }
         pgrx::check_for_interrupts!();
         report_activity(pg_sys::BackendState::STATE_RUNNING, c"embedding queued rows");
+        let timeout = gucs::WORKER_BATCH_TIMEOUT_MS.get();
         let settled = in_transaction(|| {
             as_owner(owner, || {
+                // SAFETY: the timeout module is initialised for every backend that ran
+                // InitPostgres, as this worker did when it connected.
+                if timeout > 0 {
+                    unsafe { enable_timeout_after(STATEMENT_TIMEOUT, timeout) };
+                }
                 Spi::get_one_with_args::<i32>(&step, &[DatumWithOid::from(relid), DatumWithOid::from(batch)])
             })
         });
+        // SAFETY: as above; disarming a timeout that is not armed is a no-op.
+        unsafe { disable_timeout(STATEMENT_TIMEOUT, false) };
         match settled {
-            Some(Ok(Some(n))) => busy |= n > 0,
+            Ok(Ok(Some(n))) => busy |= n > 0,
+            Ok(Err(e)) => {
+                record_failure(&schema, relid, &e.to_string());
+                resting.insert(relid.to_u32(), Instant::now() + BACKOFF);
+            }
+            Err(message) => {
+                record_failure(&schema, relid, &message);
+                resting.insert(relid.to_u32(), Instant::now() + BACKOFF);
+            }
             _ => {
                 resting.insert(relid.to_u32(), Instant::now() + BACKOFF);
             }
@@ -132,6 +158,20 @@ fn embed_due_batches(resting: &mut HashMap<u32, Instant>) -> bool {
 
 /// The schema of the koe5 extension in this database (None if it is not installed)
 /// and the registered tables that have due entries, with their owners.
+/// A batch that failed as a whole (the model could not be loaded, the batch ran past
+/// `koe5.worker_batch_timeout`, a lock could not be had) counts no attempt against any
+/// row, but says why on the table's due entries, so `koe5_queue_status.last_error`
+/// shows it.
+fn record_failure(schema: &str, relid: pg_sys::Oid, message: &str) {
+    let sql = format!(
+        "UPDATE {schema}.koe5_queue SET last_error = $2
+         WHERE relid = $1 AND failed_at IS NULL AND next_attempt_at <= pg_catalog.clock_timestamp()"
+    );
+    let _ = in_transaction(|| {
+        Spi::run_with_args(&sql, &[DatumWithOid::from(relid), DatumWithOid::from(message)])
+    });
+}
+
 fn due_tables() -> Option<(String, Vec<(pg_sys::Oid, pg_sys::Oid)>)> {
     let schema = Spi::connect(|c| {
         c.select(
@@ -170,7 +210,9 @@ fn due_tables() -> Option<(String, Vec<(pg_sys::Oid, pg_sys::Oid)>)> {
 
 /// Runs `f` in a transaction of its own. An ERROR inside is logged as a WARNING and
 /// rolls the transaction back (None); the worker goes on.
-fn in_transaction<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe + std::panic::RefUnwindSafe) -> Option<T> {
+fn in_transaction<T>(
+    f: impl FnOnce() -> T + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
+) -> Result<T, String> {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
@@ -178,8 +220,9 @@ fn in_transaction<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe + std::panic
     }
     let out = PgTryBuilder::new(|| {
         // The worker is a superuser: resolve nothing through the database's search_path.
-        Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)").ok()?;
-        Some(f())
+        Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)")
+            .map_err(|e| e.to_string())?;
+        Ok(f())
     })
     .catch_others(|e| {
         let message = match &e {
@@ -187,16 +230,16 @@ fn in_transaction<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe + std::panic
             CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
         };
         warning!("koe5 worker: {message}");
-        None
+        Err(message)
     })
     .execute();
     unsafe {
         match out {
-            Some(_) => {
+            Ok(_) => {
                 pg_sys::PopActiveSnapshot();
                 pg_sys::CommitTransactionCommand();
             }
-            None => pg_sys::AbortCurrentTransaction(),
+            Err(_) => pg_sys::AbortCurrentTransaction(),
         }
     }
     out
