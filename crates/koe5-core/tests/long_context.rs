@@ -4,32 +4,18 @@
 //! (expected-long.json, from make_fixture.py). Tolerances as for the fixture: cosine
 //! >= 0.99999, max |difference| <= 1e-5.
 
+mod common;
+
 use std::path::PathBuf;
+
+use common::{assert_close, fixtures, floats, ids};
 
 use koe5_core::{Embedder, Kind};
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
 fn cases() -> Vec<Value> {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected-long.json")).unwrap()).unwrap();
     v["cases"].as_array().unwrap().clone()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn assert_close(name: &str, got: &[f32], want: &[f32]) {
-    let cos = koe5_core::cosine(got, want).unwrap();
-    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(cos >= 0.99999 && diff <= 1e-5, "{name}: cosine {cos}, max diff {diff}");
 }
 
 fn model() -> Embedder {

@@ -12,11 +12,13 @@
 //! README's parity promise); the default precision within the README's documented
 //! bf16 bound (cosine >= 0.9999) and no worse in retrieval than f32.
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use common::{compare, figure, floats, ids};
 use koe5_core::{Embedder, Kind, Precision};
 use serde_json::Value;
 
@@ -48,29 +50,6 @@ fn load(precision: Precision) -> Embedder {
     let sha = koe5_core::sha256_file(&e.spec.weights, &mut || {}).unwrap();
     assert_eq!(sha, expected()["generator"]["model_safetensors_sha256"].as_str().unwrap());
     e
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn compare(got: &[f32], want: &[f32]) -> (f32, f32) {
-    assert_eq!(got.len(), want.len());
-    let cos = koe5_core::cosine(got, want).unwrap();
-    (cos, got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max))
-}
-
-/// Records a measured figure: printed, and appended to $KOE5_FIGURES when set.
-fn figure(line: String) {
-    println!("{line}");
-    if let Ok(path) = std::env::var("KOE5_FIGURES") {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
-        writeln!(f, "{line}").unwrap();
-    }
 }
 
 struct Metrics {
