@@ -89,9 +89,10 @@ def sentence_transformers_run(model_dir: str, passages: list[str], queries: list
     return {"passage_s": passage_s, **res, "vectors": np.asarray(vectors, dtype=np.float32)}
 
 
-def onnx_run(model_dir: str, onnx_file: Path, passages: list[str], queries: list[str]) -> dict:
-    """ONNX Runtime on the exported encoder, 2 intra-op threads, batches of 8 sorted by
-    length (as sentence-transformers sorts), mean pooling and normalisation in numpy."""
+def onnx_embedder(model_dir: str, onnx_file: Path):
+    """ONNX Runtime on the exported encoder, 2 intra-op threads: a function that embeds a
+    batch of texts (padded to its longest), with mean pooling and normalisation in numpy,
+    and the tokenizer it uses."""
     import onnxruntime as ort
     from transformers import AutoTokenizer
 
@@ -110,6 +111,12 @@ def onnx_run(model_dir: str, onnx_file: Path, passages: list[str], queries: list
         v = (hidden * m).sum(1) / m.sum(1)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
+    return embed, tok
+
+
+def onnx_run(model_dir: str, onnx_file: Path, passages: list[str], queries: list[str]) -> dict:
+    """ONNX Runtime in batches of 8 sorted by length (as sentence-transformers sorts)."""
+    embed, tok = onnx_embedder(model_dir, onnx_file)
     inputs = [f"passage: {p}" for p in passages]
     order = sorted(range(len(inputs)), key=lambda i: -len(tok(inputs[i])["input_ids"]))
     embed(inputs[:8])
@@ -397,20 +404,10 @@ def real_weights_part(model_dir: str, onnx_dir: str, passages: list[str], querie
 
 
 def onnx_vectors(model_dir: str, onnx_file: Path, texts: list[str]) -> np.ndarray:
-    import onnxruntime as ort
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = THREADS
-    sess = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
-    out = []
-    for t in texts:
-        enc = tok([t.strip()], truncation=True, max_length=512, return_tensors="np")
-        hidden = sess.run(None, {"input_ids": enc["input_ids"].astype(np.int64),
-                                 "attention_mask": enc["attention_mask"].astype(np.int64)})[0]
-        out.append(hidden[0].mean(0))
-    return np.asarray(out, dtype=np.float32)
+    """ONNX Runtime's vectors for already prefixed texts, one at a time, stripped as
+    sentence-transformers strips them."""
+    embed, _ = onnx_embedder(model_dir, onnx_file)
+    return np.concatenate([embed([t.strip()]) for t in texts]).astype(np.float32)
 
 
 def koe5_embed_texts(model_dir: str, texts: list[str], precision: str) -> np.ndarray:

@@ -212,7 +212,7 @@ fn koe5_model_info() -> JsonB {
             }
         },
     };
-    info["architecture"] = json!(spec.architecture.name());
+    info["architecture"] = json!(spec.encoder.architecture().name());
     info["dimension"] = json!(spec.dimension());
     info["max_tokens"] = json!(spec.max_tokens);
     info["pooling"] = json!(spec.pooling.name());
@@ -222,17 +222,8 @@ fn koe5_model_info() -> JsonB {
     // The loaded model's hash is of the bytes it was read from; a model not loaded here
     // is hashed on disk, and a file that cannot be read is reported, not raised.
     match &loaded {
-        Some(m) => info["sha256"] = json!(m.embedder.weights_sha256),
-        None => match backend::weights_sha256(&spec.weights) {
-            Ok(hex) => info["sha256"] = json!(hex),
-            Err(e) => {
-                info["sha256"] = json!(null);
-                info["error"] = json!(e.message);
-            }
-        },
-    }
-    match &loaded {
         Some(m) => {
+            info["sha256"] = json!(m.embedder.weights_sha256);
             info["loaded"] = json!(true);
             info["load_time_ms"] = json!(millis(m.embedder.load_time));
             info["preloaded"] = json!(m.preloaded);
@@ -240,6 +231,13 @@ fn koe5_model_info() -> JsonB {
             info["loaded_at_unix"] = json!(at.as_secs());
         }
         None => {
+            match backend::weights_sha256(&spec.weights) {
+                Ok(hex) => info["sha256"] = json!(hex),
+                Err(e) => {
+                    info["sha256"] = json!(null);
+                    info["error"] = json!(e.message);
+                }
+            }
             info["loaded"] = json!(false);
             info["load_time_ms"] = json!(null);
         }

@@ -204,7 +204,7 @@ fn warn_inexact_tokenizer(dir: &std::path::Path, embedder: &Embedder, preloading
     let msg = format!(
         "koe5: the tokenizer of the model in \"{}\" is not XLM-R's: long texts are tokenized from their first {} KiB only, and their token counts are approximate",
         dir.display(),
-        embedder.spec.max_tokens.max(512) * 128 / 1024
+        embedder.tokenizer().hard_window() / 1024
     );
     if preloading {
         pgrx::log!("{msg}");
@@ -249,9 +249,10 @@ pub fn preload() {
     let load = std::panic::catch_unwind(|| {
         // A scoped pool: its thread is joined before this returns.
         with_signals_blocked(|| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build_scoped(|thread| thread.run(), |pool| pool.install(|| Embedder::load_with(&dir, precision, &mut || {})))
+            rayon::ThreadPoolBuilder::new().num_threads(1).build_scoped(
+                |thread| thread.run(),
+                |pool| pool.install(|| Embedder::load_with(&dir, precision, &mut || {})),
+            )
         })
         .map_err(|e| koe5_core::Error::new(koe5_core::ErrorKind::Inference, e.to_string()))?
     });

@@ -504,7 +504,8 @@ impl Drop for OwnServer {
 fn a_preloaded_model_is_one_copy_for_every_session() {
     let mut admin = connect(None);
     let bindir: String = admin.query_one("SELECT setting FROM pg_config WHERE name = 'BINDIR'", &[]).unwrap().get(0);
-    let version: i32 = admin.query_one("SELECT current_setting('server_version_num')::int / 10000", &[]).unwrap().get(0);
+    let version: i32 =
+        admin.query_one("SELECT current_setting('server_version_num')::int / 10000", &[]).unwrap().get(0);
     let data = format!("/tmp/koe5-preload-{version}");
     // A private copy of the fixture, so touching its files disturbs no other test.
     let model = format!("/tmp/koe5-preload-model-{version}");

@@ -1071,10 +1071,7 @@ mod tests {
                 .unwrap();
             assert_close(c["name"].as_str().unwrap(), &v, &floats(&c["passage"]["embedding"]));
         }
-        assert_eq!(
-            Spi::get_one::<i32>("SELECT (koe5_model_info()->>'max_tokens')::int").unwrap(),
-            Some(8192)
-        );
+        assert_eq!(Spi::get_one::<i32>("SELECT (koe5_model_info()->>'max_tokens')::int").unwrap(), Some(8192));
         let doc = include_str!("../data/ko/constitution.txt");
         let (n, longest) = Spi::get_two_with_args::<i64, i32>(
             "SELECT count(*), max(n_tokens) FROM koe5_chunks($1, 100000)",
@@ -1098,8 +1095,11 @@ mod tests {
         for f in ["config.json", "sentence_bert_config.json", "1_Pooling/config.json", "model.safetensors"] {
             std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
         }
-        std::os::unix::fs::symlink(std::fs::canonicalize(fixture.join("tokenizer.json")).unwrap(), dir.join("tokenizer.json"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            std::fs::canonicalize(fixture.join("tokenizer.json")).unwrap(),
+            dir.join("tokenizer.json"),
+        )
+        .unwrap();
         let fifo = std::ffi::CString::new(dir.join("modules.json").to_str().unwrap()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
@@ -1172,13 +1172,10 @@ mod tests {
         };
         for (i, row) in x["card"]["similarity"].as_array().unwrap().iter().enumerate() {
             for (j, want) in floats(row).into_iter().enumerate() {
-                let got = Spi::get_one::<f32>(&format!(
-                    "SELECT koe5_similarity({}, {})",
-                    embed(texts[i]),
-                    embed(texts[j])
-                ))
-                .unwrap()
-                .unwrap();
+                let got =
+                    Spi::get_one::<f32>(&format!("SELECT koe5_similarity({}, {})", embed(texts[i]), embed(texts[j])))
+                        .unwrap()
+                        .unwrap();
                 // Unit vectors within 1e-5 each: dot products within 2e-5.
                 assert!((got - want).abs() <= 2e-5, "[{i}][{j}]: {got} vs the reference's {want}");
             }

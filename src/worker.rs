@@ -138,26 +138,23 @@ fn embed_due_batches(resting: &mut HashMap<u32, Instant>) -> bool {
         });
         // SAFETY: as above; disarming a timeout that is not armed is a no-op.
         unsafe { disable_timeout(STATEMENT_TIMEOUT, false) };
-        match settled {
-            Ok(Ok(Some(n))) => busy |= n > 0,
-            Ok(Err(e)) => {
-                record_failure(&schema, relid, &e.to_string());
-                resting.insert(relid.to_u32(), Instant::now() + BACKOFF);
+        let failure = match settled {
+            Ok(Ok(Some(n))) => {
+                busy |= n > 0;
+                continue;
             }
-            Err(message) => {
-                record_failure(&schema, relid, &message);
-                resting.insert(relid.to_u32(), Instant::now() + BACKOFF);
-            }
-            _ => {
-                resting.insert(relid.to_u32(), Instant::now() + BACKOFF);
-            }
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(message) => Some(message),
+        };
+        if let Some(message) = failure {
+            record_failure(&schema, relid, &message);
         }
+        resting.insert(relid.to_u32(), Instant::now() + BACKOFF);
     }
     busy
 }
 
-/// The schema of the koe5 extension in this database (None if it is not installed)
-/// and the registered tables that have due entries, with their owners.
 /// A batch that failed as a whole (the model could not be loaded, the batch ran past
 /// `koe5.worker_batch_timeout`, a lock could not be had) counts no attempt against any
 /// row, but says why on the table's due entries, so `koe5_queue_status.last_error`
@@ -167,11 +164,11 @@ fn record_failure(schema: &str, relid: pg_sys::Oid, message: &str) {
         "UPDATE {schema}.koe5_queue SET last_error = $2
          WHERE relid = $1 AND failed_at IS NULL AND next_attempt_at <= pg_catalog.clock_timestamp()"
     );
-    let _ = in_transaction(|| {
-        Spi::run_with_args(&sql, &[DatumWithOid::from(relid), DatumWithOid::from(message)])
-    });
+    let _ = in_transaction(|| Spi::run_with_args(&sql, &[DatumWithOid::from(relid), DatumWithOid::from(message)]));
 }
 
+/// The schema of the koe5 extension in this database (None if it is not installed)
+/// and the registered tables that have due entries, with their owners.
 fn due_tables() -> Option<(String, Vec<(pg_sys::Oid, pg_sys::Oid)>)> {
     let schema = Spi::connect(|c| {
         c.select(
@@ -209,10 +206,8 @@ fn due_tables() -> Option<(String, Vec<(pg_sys::Oid, pg_sys::Oid)>)> {
 }
 
 /// Runs `f` in a transaction of its own. An ERROR inside is logged as a WARNING and
-/// rolls the transaction back (None); the worker goes on.
-fn in_transaction<T>(
-    f: impl FnOnce() -> T + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
-) -> Result<T, String> {
+/// rolls the transaction back (`Err` with its message); the worker goes on.
+fn in_transaction<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe + std::panic::RefUnwindSafe) -> Result<T, String> {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();

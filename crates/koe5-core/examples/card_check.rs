@@ -47,6 +47,11 @@ fn main() {
         ok &= fine;
         println!("{name}: {g:.4} (expected {w:.4}) {}", if fine { "ok" } else { "DIFFERS" });
     }
-    println!("model {} ({} dimensions, f32): {}", args[0], e.dimension(), if ok { "matches" } else { "does not match" });
+    println!(
+        "model {} ({} dimensions, f32): {}",
+        args[0],
+        e.dimension(),
+        if ok { "matches" } else { "does not match" }
+    );
     std::process::exit(if ok { 0 } else { 1 });
 }

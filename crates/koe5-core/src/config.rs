@@ -92,17 +92,17 @@ impl EncoderConfig {
         }
     }
 
-    /// The family `model_type` names; `None` for any other.
-    pub fn architecture(&self) -> Option<Architecture> {
-        Architecture::from_model_type(&self.model_type)
+    /// The family `model_type` names ([`ModelSpec::read`] refuses any other).
+    pub fn architecture(&self) -> Architecture {
+        Architecture::from_model_type(&self.model_type).unwrap_or(Architecture::XlmRoberta)
     }
 
     /// Tokens the position table allows: XLM-R positions start at pad + 1, so 514
     /// positions leave 512 usable tokens; BERT's start at 0 and use them all.
     pub fn max_tokens(&self) -> usize {
         match self.architecture() {
-            Some(Architecture::Bert) => self.max_position_embeddings,
-            _ => self.max_position_embeddings.saturating_sub(self.pad_token_id as usize + 1),
+            Architecture::Bert => self.max_position_embeddings,
+            Architecture::XlmRoberta => self.max_position_embeddings.saturating_sub(self.pad_token_id as usize + 1),
         }
     }
 }
@@ -111,7 +111,6 @@ impl EncoderConfig {
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
     pub dir: PathBuf,
-    pub architecture: Architecture,
     pub encoder: EncoderConfig,
     pub activation: Activation,
     pub pooling: Pooling,
@@ -286,7 +285,6 @@ impl ModelSpec {
 
         Ok(ModelSpec {
             dir: dir.to_path_buf(),
-            architecture,
             encoder,
             activation,
             pooling,

@@ -102,12 +102,12 @@ impl Embedder {
         let start = Instant::now();
         let spec = ModelSpec::read(dir)?;
         let tokenizer = TextTokenizer::from_file(&spec.tokenizer, spec.max_tokens, spec.do_lower_case)?;
-        if tokenizer.max_id() as usize >= spec.encoder.vocab_size {
+        let max_id = tokenizer.max_id();
+        if max_id as usize >= spec.encoder.vocab_size {
             return Err(Error::config(
                 &spec.tokenizer,
                 format!(
-                    "its token ids reach {}, but the model's vocabulary has {} rows",
-                    tokenizer.max_id(),
+                    "its token ids reach {max_id}, but the model's vocabulary has {} rows",
                     spec.encoder.vocab_size
                 ),
             )
@@ -210,8 +210,7 @@ impl Embedder {
         let hidden = self.encoder.forward(&ids, &lens, interrupt)?;
         let dim = self.dimension();
         let mut start = 0;
-        Ok(lens
-            .iter()
+        lens.iter()
             .map(|&len| {
                 let rows = &hidden[start * dim..(start + len) * dim];
                 start += len;
@@ -235,7 +234,7 @@ impl Embedder {
                     .with_hint("The model files are damaged or not a trained model; download them again."))
                 }
             })
-            .collect::<Result<Vec<_>>>()?)
+            .collect()
     }
 }
 

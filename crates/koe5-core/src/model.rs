@@ -192,8 +192,15 @@ impl Embeddings {
         let token_type = vb.pp("token_type_embeddings").get((cfg.type_vocab_size, h), "weight")?;
         let norm = Norm::new(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?;
         let token_type0 = token_type.get(0)?.to_vec1()?;
-        let architecture = cfg.architecture().unwrap_or(Architecture::XlmRoberta);
-        Ok(Embeddings { word, position, token_type0, norm, pad_id: cfg.pad_token_id, architecture, hidden: h })
+        Ok(Embeddings {
+            word,
+            position,
+            token_type0,
+            norm,
+            pad_id: cfg.pad_token_id,
+            architecture: cfg.architecture(),
+            hidden: h,
+        })
     }
 
     /// `ids` holds sequences back to back (`lens`); the embeddings go to `x`.
@@ -358,8 +365,9 @@ impl Encoder {
         // Checkpoints saved from a task model carry a "roberta." or "bert." prefix.
         let vb = if vb.contains_tensor("embeddings.word_embeddings.weight") {
             vb
-        } else if let Some(prefix) =
-            ["roberta", "bert"].into_iter().find(|p| vb.contains_tensor(&format!("{p}.embeddings.word_embeddings.weight")))
+        } else if let Some(prefix) = ["roberta", "bert"]
+            .into_iter()
+            .find(|p| vb.contains_tensor(&format!("{p}.embeddings.word_embeddings.weight")))
         {
             vb.pp(prefix)
         } else {

@@ -186,10 +186,20 @@ impl TextTokenizer {
         self.local
     }
 
-    /// The largest token id the tokenizer can produce, added tokens included.
+    /// The largest token id the tokenizer can produce: its model's ids are
+    /// `0..vocab_size`, and added tokens may lie beyond (read without copying the
+    /// 250,002-piece vocabulary).
     pub fn max_id(&self) -> u32 {
-        let vocab = self.inner.get_vocab(true);
-        vocab.values().copied().max().unwrap_or(0).max(self.bos).max(self.eos)
+        use tokenizers::Model;
+        let model = (self.inner.get_model().get_vocab_size() as u32).saturating_sub(1);
+        let added = self.inner.get_added_tokens_decoder().keys().copied().max().unwrap_or(0);
+        model.max(added).max(self.bos).max(self.eos)
+    }
+
+    /// The most bytes of a long text tokenized for one embedding (a text with no
+    /// plain word boundary that far is cut there; see `windows`).
+    pub fn hard_window(&self) -> usize {
+        self.windows().1
     }
 
     /// The string the reference tokenizes for `text`.
@@ -296,11 +306,9 @@ impl TextTokenizer {
                         let end = piece_end(rest, hard_window);
                         let piece = rest[..end].trim_matches(is_py_space);
                         if !piece.is_empty() {
-                            if self.lower_case {
-                                ids.extend(self.content(&piece.to_lowercase())?);
-                            } else {
-                                ids.extend(self.content(piece)?);
-                            }
+                            let piece: std::borrow::Cow<str> =
+                                if self.lower_case { piece.to_lowercase().into() } else { piece.into() };
+                            ids.extend(self.content(&piece)?);
                         }
                         rest = &rest[end..];
                     }
@@ -495,7 +503,8 @@ mod bounded_tests {
         let mut pieces = 0;
         let n = t.count(Kind::Passage, &text, &mut || pieces += 1).unwrap();
         assert!(pieces >= 200, "{pieces} pieces");
-        let per_unit = t.count(Kind::Passage, unit.trim_end(), &mut || {}).unwrap() - t.count(Kind::Passage, "", &mut || {}).unwrap();
+        let per_unit = t.count(Kind::Passage, unit.trim_end(), &mut || {}).unwrap()
+            - t.count(Kind::Passage, "", &mut || {}).unwrap();
         let want = per_unit * (16_000_000 / unit.len());
         assert!(n.abs_diff(want) * 100 < want, "{n} vs about {want}");
         assert!(start.elapsed().as_secs() < 60);

@@ -209,7 +209,8 @@ mod tests {
             if e == 0x1f {
                 continue;
             }
-            let mag = if e == 0 { m as f64 * 2f64.powi(-24) } else { 2f64.powi(e as i32 - 15) * (1.0 + m as f64 / 1024.0) };
+            let mag =
+                if e == 0 { m as f64 * 2f64.powi(-24) } else { 2f64.powi(e as i32 - 15) * (1.0 + m as f64 / 1024.0) };
             let want = if h & 0x8000 != 0 { -mag } else { mag };
             assert_eq!(f16_to_f32(h) as f64, want, "{h:#06x}");
         }
@@ -228,8 +229,7 @@ mod tests {
         let cut = dir.join("model.safetensors");
         for len in [0, 5, 8, 9, 200, bytes.len() / 2, bytes.len() - 1] {
             std::fs::write(&cut, &bytes[..len]).unwrap();
-            let err =
-                read(&cut).err().unwrap_or_else(|| panic!("cut at {len} bytes loaded"));
+            let err = read(&cut).err().unwrap_or_else(|| panic!("cut at {len} bytes loaded"));
             assert!(err.message.starts_with("could not load weights from"), "{len}: {}", err.message);
         }
         // A header that claims more than the file holds.

@@ -14,7 +14,8 @@ use koe5_core::{Embedder, Kind};
 use serde_json::Value;
 
 fn cases() -> Vec<Value> {
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected-long.json")).unwrap()).unwrap();
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected-long.json")).unwrap()).unwrap();
     v["cases"].as_array().unwrap().clone()
 }
 
@@ -41,7 +42,8 @@ fn no_cut_at_512_and_a_cut_at_8192() {
             "{name}"
         );
     }
-    let len = |name: &str| cases().iter().find(|c| c["name"] == name).unwrap()["passage"]["ids"].as_array().unwrap().len();
+    let len =
+        |name: &str| cases().iter().find(|c| c["name"] == name).unwrap()["passage"]["ids"].as_array().unwrap().len();
     assert_eq!(len("bill_1809896_whole"), 4330);
     assert_eq!(len("constitution_whole"), 8192);
 }

@@ -118,7 +118,8 @@ fn mkfifo(path: &Path) {
 
 #[test]
 fn fifos_devices_and_huge_files_fail_at_once() {
-    for name in ["modules.json", "sentence_bert_config.json", "config.json", "tokenizer.json", "1_Pooling/config.json"] {
+    for name in ["modules.json", "sentence_bert_config.json", "config.json", "tokenizer.json", "1_Pooling/config.json"]
+    {
         // A FIFO would block open() forever; /dev/zero would be read until memory ends.
         for kind in ["fifo", "zero", "huge"] {
             let dir = copy_fixture(&format!("kinds-{kind}"), false);
@@ -171,7 +172,8 @@ fn impossible_configs_are_invalid_not_panics() {
         ("layer_norm_eps", "0"),
     ] {
         let dir = copy_fixture("cfg", false);
-        let cfg: serde_json::Value = serde_json::from_str(&fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
         let mut cfg = cfg.as_object().unwrap().clone();
         cfg.insert(key.into(), serde_json::from_str(value).unwrap());
         fs::write(dir.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();

@@ -147,7 +147,7 @@ fn token_ids_match_the_reference() {
             assert_eq!(e.tokenize(kind, text).unwrap(), ids(&c[key]["ids"]), "{} {key}", c["name"]);
         }
     }
-    assert_eq!(e.spec.architecture.name(), "bert");
+    assert_eq!(e.spec.encoder.architecture().name(), "bert");
     assert_eq!((e.dimension(), e.spec.max_tokens), (384, 512));
 }
 
@@ -172,9 +172,11 @@ fn f32_vectors_and_rankings_equal_the_reference() {
             let got_ids: Vec<u64> = got[..10].iter().map(|(a, _)| *a).collect();
             assert_eq!(got_ids, want, "question {}: top 10 differs from the reference's", q["id"]);
         }
-        for (name, got, key) in
-            [("recall@1", r.metrics.recall1, "recall@1"), ("recall@5", r.metrics.recall5, "recall@5"), ("MRR@10", r.metrics.mrr10, "mrr@10")]
-        {
+        for (name, got, key) in [
+            ("recall@1", r.metrics.recall1, "recall@1"),
+            ("recall@5", r.metrics.recall5, "recall@5"),
+            ("MRR@10", r.metrics.mrr10, "mrr@10"),
+        ] {
             assert!((got - reference[key].as_f64().unwrap()).abs() < 1e-12, "{name}: {got} vs {}", reference[key]);
         }
     }
