@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every koe5 test: the inference core's unit and parity tests (no PostgreSQL), then
-# the extension's tests inside PostgreSQL 18 (with pgvector) and PostgreSQL 15, then the
+# the extension's tests inside PostgreSQL 18 (with pgvector) and PostgreSQL 15 (and, on
+# each, a server of its own without preloading: tests/no_preload), then the
 # demo as a user runs it with a real model directory (its output checked against the
 # reference's figures). Installs what is missing first (scripts/setup.sh). Needs root.
 #
@@ -54,10 +55,12 @@ for part in "${parts[@]}"; do
             echo "==> koe5 extension tests on PostgreSQL ${part#pg}"
             pg_config=$(cargo pgrx info pg-config "$part")
             scripts/install-companion.sh "$pg_config"
-            # koe5 0.1.0's install script, so the tests can upgrade from it.
-            install -m 644 tests/upgrade/koe5--0.1.0.sql "$("$pg_config" --sharedir)/extension/"
+            # The released install scripts of 0.1.0 and 0.2.0, so the tests can upgrade from them.
+            install -m 644 tests/upgrade/koe5--0.1.0.sql tests/upgrade/koe5--0.2.0.sql "$("$pg_config" --sharedir)/extension/"
             KOE5_FIGURES="$KOE5_HOME/figures-$part.txt" \
                 nice cargo pgrx test "$part" --runas postgres --pgdata "$KOE5_HOME/test-pgdata-${part#pg}"
+            echo "==> superuser-only settings hold on a PostgreSQL ${part#pg} that does not preload koe5"
+            tests/no_preload/check.sh "$pg_config"
             ;;
         demo)
             echo "==> the demo with KOE5_MODEL_PATH naming a real model (multilingual-e5-small)"

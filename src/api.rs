@@ -191,6 +191,11 @@ fn koe5_model_info() -> JsonB {
         "model_id": gucs::model_id(),
         "precision": gucs::precision().name(),
     });
+    if let Some((_, message, _, _)) = gucs::dropped_pin() {
+        info["loaded"] = json!(false);
+        info["error"] = json!(message);
+        return JsonB(info);
+    }
     let dir = match backend::resolve_dir() {
         Ok(d) => d,
         Err(e) => {

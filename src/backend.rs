@@ -144,6 +144,7 @@ pub fn loaded() -> Option<Rc<Loaded>> {
 
 /// The model for the current settings, loading it on first use.
 pub fn model() -> Result<Rc<Loaded>> {
+    gucs::check_pins();
     start_threads();
     let dir = resolve_dir()?;
     let precision = gucs::precision();

@@ -3,7 +3,7 @@
 
 use std::ffi::CStr;
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 
 pub static MODEL_PATH: GucSetting<Option<std::ffi::CString>> = GucSetting::<Option<std::ffi::CString>>::new(None);
 pub static MODEL_ID: GucSetting<Option<std::ffi::CString>> =
@@ -60,6 +60,10 @@ pub fn init() {
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         init_preload();
     }
+    // Startup values of the superuser-only settings given before the library loaded
+    // (see `check_pins`).
+    let startup: Vec<(&'static CStr, Option<String>)> =
+        SUPERUSER_ONLY.iter().map(|&name| (name, placeholder_reset_value(name))).collect();
     GucRegistry::define_string_guc(
         c"koe5.model_path",
         c"Sets the directory of the sentence-transformers model that koe5 runs.",
@@ -94,6 +98,9 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    for (name, before) in startup {
+        note_if_dropped(name, before);
+    }
     GucRegistry::define_int_guc(
         c"koe5.query_cache_size",
         c"Sets how many query embeddings each backend remembers.",
@@ -156,6 +163,103 @@ pub fn init() {
         #[cfg(feature = "pg14")]
         pgrx::pg_sys::EmitWarningsOnPlaceholders(c"koe5".as_ptr());
     }
+}
+
+/// The settings only superusers (or roles granted SET on them) may set.
+const SUPERUSER_ONLY: [&CStr; 4] = [c"koe5.model_path", c"koe5.model_id", c"koe5.threads", c"koe5.precision"];
+
+thread_local! {
+    /// Superuser-only settings whose startup value PostgreSQL dropped when koe5 loaded,
+    /// with that value and whether it was valid.
+    static DROPPED: std::cell::RefCell<Vec<(&'static CStr, String, bool)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The session-start ("reset") value of a placeholder PostgreSQL keeps for `name`
+/// until koe5 defines it: what the configuration file, `ALTER DATABASE`/`ALTER ROLE …
+/// SET` or the connection's startup options (`PGOPTIONS`) gave it.
+fn placeholder_reset_value(name: &CStr) -> Option<String> {
+    // SAFETY: lookups by name; GetConfigOptionResetString is called only for a setting
+    // that exists (it raises an ERROR otherwise).
+    unsafe {
+        if pg_sys::GetConfigOption(name.as_ptr(), true, false).is_null() {
+            return None;
+        }
+        let value = pg_sys::GetConfigOptionResetString(name.as_ptr());
+        (!value.is_null()).then(|| CStr::from_ptr(value).to_string_lossy().into_owned())
+    }
+}
+
+/// Whether `a` and `b` are the same value of setting `name`, and whether `a` is a
+/// value it accepts at all.
+fn same_value(name: &CStr, a: &str, b: &str) -> (bool, bool) {
+    match name.to_bytes() {
+        b"koe5.precision" => {
+            let valid = ["auto", "f32", "bf16"].iter().any(|v| v.eq_ignore_ascii_case(a));
+            (a.eq_ignore_ascii_case(b), valid)
+        }
+        b"koe5.threads" => {
+            let parse = |v: &str| {
+                let v = std::ffi::CString::new(v).ok()?;
+                let mut out = 0;
+                // SAFETY: a NUL-terminated string and an out-parameter; no hint wanted.
+                unsafe { pg_sys::parse_int(v.as_ptr(), &mut out, 0, std::ptr::null_mut()) }.then_some(out)
+            };
+            let a = parse(a);
+            (a.is_some() && a == parse(b), a.is_some_and(|n| (0..=1024).contains(&n)))
+        }
+        _ => (a == b, true),
+    }
+}
+
+/// After koe5 defined `name`: if the placeholder's session-start value did not become
+/// the setting's, PostgreSQL refused it (a role that may not set it gave it in the
+/// startup options, or it is invalid) and fell back to the built-in default, dropping
+/// the value the database, role or configuration file set. Remember that.
+fn note_if_dropped(name: &'static CStr, before: Option<String>) {
+    let Some(before) = before else { return };
+    // SAFETY: the setting was defined just now.
+    let after = unsafe { pg_sys::GetConfigOptionResetString(name.as_ptr()) };
+    let after = if after.is_null() { String::new() } else { unsafe { CStr::from_ptr(after) }.to_string_lossy().into_owned() };
+    let (same, valid) = same_value(name, &before, &after);
+    if !same {
+        DROPPED.with(|d| d.borrow_mut().push((name, before, valid)));
+    }
+}
+
+/// Refuses to embed in a session where a superuser-only setting's startup value was
+/// dropped when koe5 loaded (without shared_preload_libraries, PostgreSQL keeps such a
+/// value as a placeholder until then and, refusing it, falls back to the built-in
+/// default rather than to the administrator's `ALTER DATABASE`/`ALTER ROLE`/`ALTER
+/// SYSTEM` value): the session would otherwise embed with a model, precision or thread
+/// count nobody chose.
+pub fn check_pins() {
+    if let Some((code, message, detail, hint)) = dropped_pin() {
+        crate::errors::report(code, message, Some(detail), Some(hint))
+    }
+}
+
+/// The error `check_pins` raises, if any: SQLSTATE, message, detail and hint.
+pub fn dropped_pin() -> Option<(pgrx::PgSqlErrorCode, String, String, String)> {
+    let (name, value, valid) = DROPPED.with(|d| d.borrow().first().cloned())?;
+    let name = name.to_string_lossy();
+    let (code, message) = if valid {
+        (
+            pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("{name} was set for this session by a role that may not set it"),
+        )
+    } else {
+        (pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("invalid value for {name} in this session: \"{value}\""))
+    };
+    Some((
+        code,
+        message,
+        format!(
+            "PostgreSQL refused the value \"{value}\" given at connection time when koe5 loaded, and fell back to the built-in default instead of the value the database, role or server configuration sets; koe5 does not embed with settings nobody chose."
+        ),
+        format!(
+            "Reconnect without setting {name} (PGOPTIONS, connection options, ALTER ROLE … SET), have a superuser GRANT SET ON PARAMETER {name} to the role, or load koe5 with shared_preload_libraries."
+        ),
+    ))
 }
 
 fn text_of(setting: &GucSetting<Option<std::ffi::CString>>) -> Option<String> {
