@@ -2,7 +2,8 @@
 //!
 //! This crate is the PostgreSQL glue only: settings (`gucs`), per-backend model and
 //! threads (`backend`), server-encoding conversion (`text`), error reporting
-//! (`errors`) and the SQL functions (`api`, declared in `sql/koe5.sql`). The model
+//! (`errors`), the SQL functions (`api`, declared in `sql/koe5.sql`), the queue's
+//! deletions (`queue`) and the background worker (`worker`). The model
 //! itself lives in the pgrx-free `koe5-core` crate.
 
 use pgrx::prelude::*;
@@ -11,6 +12,7 @@ mod api;
 mod backend;
 mod errors;
 mod gucs;
+mod queue;
 mod text;
 mod worker;
 
@@ -25,7 +27,8 @@ pgrx::pg_module_magic!(name, version);
 extension_sql_file!("../sql/koe5.sql", name = "koe5_api");
 // Each version's additions are its upgrade script, run after the 0.1.0 surface on a
 // fresh install: installing and upgrading give the same extension.
-extension_sql_file!("../sql/koe5--0.1.0--0.2.0.sql", name = "koe5_0_2_0", requires = ["koe5_api"], finalize);
+extension_sql_file!("../sql/koe5--0.1.0--0.2.0.sql", name = "koe5_0_2_0", requires = ["koe5_api"]);
+extension_sql_file!("../sql/koe5--0.2.0--0.3.0.sql", name = "koe5_0_3_0", requires = ["koe5_0_2_0"], finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -1797,6 +1797,32 @@ pub(crate) mod client_tests {
         });
         figure(format!("queue: with a 30 s trigger on another table, a new row was embedded after {other:?}"));
         db.batch_execute("SELECT koe5_dequeue_table('slow'); DROP TABLE slow").unwrap();
+        // A worker that cannot load its model counts no attempt against any row, and
+        // says why in the table's last_error; once the model is back, the row goes in.
+        admin
+            .batch_execute("ALTER DATABASE koe5_worker_test SET koe5.model_path = '/nonexistent/koe5-model'")
+            .unwrap();
+        let pid = worker_pid(&mut admin).expect("the worker is connected");
+        admin.query_one("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+        db.batch_execute("INSERT INTO docs VALUES (1001, '모델이 없는 동안 들어온 행')").unwrap();
+        wait_for("the worker's model-load error as last_error", Duration::from_secs(30), || {
+            db.query_opt("SELECT last_error FROM koe5_queue_status WHERE table_name = 'docs'::regclass", &[])
+                .unwrap()
+                .and_then(|r| r.get::<_, Option<String>>(0))
+                .is_some_and(|e| e.contains("/nonexistent/koe5-model"))
+        });
+        let attempts: i32 =
+            db.query_one("SELECT attempts FROM koe5_queue WHERE row_key = '{1001}'", &[]).unwrap().get(0);
+        assert_eq!(attempts, 0, "a model that cannot be loaded is not the row's failure");
+        admin
+            .batch_execute(&format!("ALTER DATABASE koe5_worker_test SET koe5.model_path = '{FIXTURES}/tiny-xlmr'"))
+            .unwrap();
+        if let Some(pid) = worker_pid(&mut admin) {
+            admin.query_one("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+        }
+        wait_for("the row once the model is back", Duration::from_secs(40), || {
+            db.query_one("SELECT emb IS NOT NULL FROM docs WHERE id = 1001", &[]).unwrap().get::<_, bool>(0)
+        });
         db.batch_execute("SELECT koe5_dequeue_table('docs')").unwrap();
         let left: i64 = db.query_one("SELECT count(*) FROM koe5_queue_status", &[]).unwrap().get(0);
         assert_eq!(left, 0);
@@ -1985,12 +2011,148 @@ pub(crate) mod client_tests {
         assert_eq!(left, 0);
     }
 
+    /// Hardening II, item 5: PUBLIC had UPDATE and DELETE on koe5's shared tables, and
+    /// either one allows `LOCK TABLE … IN ACCESS EXCLUSIVE MODE` (row-level security does
+    /// not cover LOCK), with which any role stalled every registered table's writes,
+    /// every DROP TABLE and every backfill. From 0.3.0 a plain role can take no lock on
+    /// them that blocks a writer, and deletes go through the owner-checking function.
+    #[test]
+    fn a_plain_role_cannot_lock_koe5s_tables_or_delete_others_entries() {
+        let mut db = fresh_database("koe5_locks", "UTF8");
+        db.batch_execute(
+            "DO $$ BEGIN CREATE ROLE koe5_owner; EXCEPTION WHEN duplicate_object THEN END $$;
+             DO $$ BEGIN CREATE ROLE koe5_mallory; EXCEPTION WHEN duplicate_object THEN END $$;
+             GRANT ALL ON SCHEMA public TO koe5_owner, koe5_mallory;
+             SET ROLE koe5_owner;
+             CREATE TABLE docs (id int PRIMARY KEY, body text, emb real[]);
+             SELECT koe5_enqueue_table('docs', 'body', 'emb');
+             INSERT INTO docs SELECT g, '제' || g || '조' FROM generate_series(1, 5) g;",
+        )
+        .unwrap();
+        db.batch_execute("CALL koe5_backfill('docs', 'body', 'emb')").unwrap();
+        db.batch_execute("RESET ROLE").unwrap();
+        let mut mallory = connect(Some("koe5_locks"));
+        mallory.batch_execute("SET ROLE koe5_mallory").unwrap();
+        for table in ["koe5_queued_tables", "koe5_queue", "koe5_backfill_runs"] {
+            for mode in ["SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"] {
+                let r = sqlstate_of(mallory.batch_execute(&format!("BEGIN; LOCK TABLE {table} IN {mode} MODE")));
+                assert_eq!(r, format!("42501: permission denied for table {table}"), "{table} {mode}");
+                mallory.batch_execute("ROLLBACK").unwrap();
+            }
+            for sql in [format!("DELETE FROM {table}"), format!("TRUNCATE {table}")] {
+                let r = sqlstate_of(mallory.batch_execute(&sql));
+                assert_eq!(r, format!("42501: permission denied for table {table}"), "{sql}");
+            }
+        }
+        let r = sqlstate_of(mallory.batch_execute("UPDATE koe5_queue SET relid = 'pg_class'"));
+        assert_eq!(r, "42501: permission denied for table koe5_queue");
+        // The deleting function checks the caller, whatever it is asked.
+        let r = sqlstate_of(mallory.batch_execute("SELECT koe5__forget_queue('docs', NULL, true)"));
+        assert_eq!(r, "42501: must be owner of table docs");
+        let r = sqlstate_of(mallory.batch_execute("SELECT koe5__forget_queue('docs', ARRAY[1, 2, 3], false)"));
+        assert_eq!(r, "42501: must be owner of table docs");
+        let r = sqlstate_of(mallory.batch_execute("SELECT koe5_dequeue_table('docs')"));
+        assert_eq!(r, "42501: must be owner of table docs");
+        let entries: i64 = db.query_one("SELECT count(*) FROM koe5_queue", &[]).unwrap().get(0);
+        assert_eq!(entries, 5, "mallory deleted none of the owner's entries");
+        // The most a plain role may take is ROW EXCLUSIVE (INSERT), the lock every writer
+        // takes: held in an open transaction, it blocks none of the owner's work.
+        mallory
+            .batch_execute(
+                "BEGIN; LOCK TABLE koe5_queued_tables IN ROW EXCLUSIVE MODE;
+                 LOCK TABLE koe5_queue IN ROW EXCLUSIVE MODE; LOCK TABLE koe5_backfill_runs IN ROW EXCLUSIVE MODE;
+                 SELECT id FROM koe5_queue FOR UPDATE",
+            )
+            .unwrap();
+        let mut owner = connect(Some("koe5_locks"));
+        owner
+            .batch_execute(&format!(
+                "SET koe5.model_path = '{FIXTURES}/tiny-xlmr'; SET lock_timeout = '3s'; SET ROLE koe5_owner;
+                 INSERT INTO docs VALUES (6, '제6조');
+                 SELECT koe5_process_queue();"
+            ))
+            .unwrap();
+        owner.batch_execute("UPDATE docs SET emb = NULL WHERE id = 1").unwrap();
+        owner.batch_execute("CALL koe5_backfill('docs', 'body', 'emb')").unwrap();
+        owner
+            .batch_execute(
+                "CREATE TABLE scratch (id int PRIMARY KEY, body text, emb real[]);
+                 SELECT koe5_enqueue_table('scratch', 'body', 'emb');
+                 INSERT INTO scratch VALUES (1, '지울 표');
+                 DROP TABLE scratch;
+                 SELECT koe5_dequeue_table('docs');",
+            )
+            .unwrap();
+        mallory.batch_execute("COMMIT").unwrap();
+        let r = db
+            .query_one(
+                "SELECT (SELECT count(*) FROM koe5_queue), (SELECT count(*) FROM koe5_queued_tables),
+                        (SELECT count(emb) FROM docs), (SELECT count(*) FROM koe5_backfill_runs WHERE state = 'done')",
+                &[],
+            )
+            .unwrap();
+        let got: (i64, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        assert_eq!(got, (0, 0, 6, 2), "queue emptied, both tables forgotten, every row embedded, both runs done");
+    }
+
+    /// Hardening II, item 12: a backfill that ends on an error no row caused (here
+    /// lock_timeout, waiting for a row another session holds) records the error and
+    /// state `failed` before raising it; 0.2.0 left `last_error` empty.
+    #[test]
+    fn a_backfill_stopped_by_lock_timeout_says_why() {
+        let mut db = fresh_database("koe5_backfill_lock", "UTF8");
+        db.batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, body text, emb real[]);
+             INSERT INTO docs SELECT g, '제' || g || '조' FROM generate_series(1, 40) g;",
+        )
+        .unwrap();
+        let mut holder = connect(Some("koe5_backfill_lock"));
+        holder.batch_execute("BEGIN; SELECT * FROM docs WHERE id = 40 FOR UPDATE").unwrap();
+        let r = sqlstate_of(db.batch_execute("SET lock_timeout = '500ms'"));
+        assert_eq!(r, "ok");
+        let r = sqlstate_of(db.batch_execute("CALL koe5_backfill('docs', 'body', 'emb', batch_size => 16)"));
+        assert_eq!(r, "55P03: canceling statement due to lock timeout");
+        holder.batch_execute("ROLLBACK").unwrap();
+        let r = db
+            .query_one("SELECT state, rows_done, last_error FROM koe5_backfill_progress ORDER BY run_id DESC LIMIT 1", &[])
+            .unwrap();
+        let (state, done, error): (String, i64, Option<String>) = (r.get(0), r.get(1), r.get(2));
+        assert_eq!(state, "failed");
+        assert_eq!(error.as_deref(), Some("canceling statement due to lock timeout"));
+        let stored: i64 = db.query_one("SELECT count(emb) FROM docs", &[]).unwrap().get(0);
+        assert_eq!(stored, done, "the rows recorded are the rows stored");
+        assert_eq!(done, 39, "every row but the locked one was embedded before the last pass");
+        db.batch_execute("RESET lock_timeout").unwrap();
+        db.batch_execute("CALL koe5_backfill('docs', 'body', 'emb')").unwrap();
+        let stored: i64 = db.query_one("SELECT count(emb) FROM docs", &[]).unwrap().get(0);
+        assert_eq!(stored, 40, "a rerun finishes");
+    }
+
+    /// The extension's objects (functions by their definitions), with the privileges
+    /// on its tables, their columns and functions, and the tables' policies.
     fn extension_objects(c: &mut postgres::Client) -> Vec<String> {
         c.query(
-            "SELECT pg_describe_object(d.classid, d.objid, d.objsubid) || coalesce(' ' || md5(pg_get_functiondef(p.oid)), '')
-             FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'koe5'
-             LEFT JOIN pg_proc p ON d.classid = 'pg_proc'::regclass AND p.oid = d.objid AND p.prokind <> 'a'
-             WHERE d.deptype = 'e' ORDER BY 1",
+            "WITH member AS (
+                 SELECT d.classid, d.objid, d.objsubid FROM pg_depend d
+                 JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'koe5' WHERE d.deptype = 'e')
+             SELECT pg_describe_object(m.classid, m.objid, m.objsubid) || coalesce(' ' || md5(pg_get_functiondef(p.oid)), '')
+                    || coalesce(' acl ' || p.proacl::text, '')
+             FROM member m
+             LEFT JOIN pg_proc p ON m.classid = 'pg_proc'::regclass AND p.oid = m.objid AND p.prokind <> 'a'
+             UNION ALL
+             SELECT 'acl of ' || c.relname || ': ' || coalesce(c.relacl::text, 'default')
+             FROM member m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid
+             UNION ALL
+             SELECT 'acl of ' || c.relname || '.' || a.attname || ': ' || a.attacl::text
+             FROM member m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attacl IS NOT NULL
+             UNION ALL
+             SELECT 'policy ' || pol.polname || ' on ' || c.relname || ' ' || pol.polcmd::text || ' '
+                    || coalesce(pg_get_expr(pol.polqual, pol.polrelid), '') || ' / '
+                    || coalesce(pg_get_expr(pol.polwithcheck, pol.polrelid), '')
+             FROM member m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid
+             JOIN pg_policy pol ON pol.polrelid = c.oid
+             ORDER BY 1",
             &[],
         )
         .unwrap()
@@ -2002,34 +2164,59 @@ pub(crate) mod client_tests {
         .collect()
     }
 
+    /// Upgrades from the released 0.1.0 and 0.2.0 (their install scripts are in
+    /// tests/upgrade/) keep the data and give exactly what a fresh install gives,
+    /// privileges and policies included.
     #[test]
-    fn upgrade_from_0_1_0_keeps_data_and_equals_a_fresh_install() {
+    fn upgrades_keep_data_and_equal_a_fresh_install() {
         let mut fresh = fresh_database("koe5_fresh", "UTF8");
+        let installed = extension_objects(&mut fresh);
+        assert!(installed.len() > 40, "{installed:?}");
+        assert!(installed.iter().any(|o| o.starts_with("acl of koe5_queue.attempts: ")), "{installed:?}");
         let mut admin = connect(None);
-        admin.batch_execute("DROP DATABASE IF EXISTS koe5_upgraded").unwrap();
-        admin.batch_execute("CREATE DATABASE koe5_upgraded").unwrap();
-        let mut old = connect(Some("koe5_upgraded"));
-        old.batch_execute(&format!(
-            "CREATE EXTENSION koe5 VERSION '0.1.0';
-             SET koe5.model_path = '{FIXTURES}/tiny-xlmr';
-             CREATE TABLE docs (id int PRIMARY KEY, body text,
-                                emb real[] GENERATED ALWAYS AS (koe5_passage(body)) STORED);
-             INSERT INTO docs VALUES (1, '대한민국은 민주공화국이다.'), (2, '모든 국민은 법 앞에 평등하다.');"
-        ))
-        .unwrap();
-        let before: Vec<Vec<f32>> =
-            old.query("SELECT emb FROM docs ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
-        old.batch_execute("ALTER EXTENSION koe5 UPDATE").unwrap();
-        let version: String =
-            old.query_one("SELECT extversion FROM pg_extension WHERE extname = 'koe5'", &[]).unwrap().get(0);
-        assert_eq!(version, "0.2.0");
-        let after: Vec<Vec<f32>> =
-            old.query("SELECT emb FROM docs ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
-        assert_eq!(after, before, "stored embeddings survive the upgrade");
-        let n: i64 = old.query_one("SELECT count(*) FROM koe5_chunks('가나다. 라마바.')", &[]).unwrap().get(0);
-        assert_eq!(n, 1);
-        let (upgraded, installed) = (extension_objects(&mut old), extension_objects(&mut fresh));
-        assert!(installed.len() > 30, "{installed:?}");
-        assert_eq!(upgraded, installed, "an upgraded 0.1.0 must equal a fresh 0.2.0");
+        for from in ["0.1.0", "0.2.0"] {
+            let name = format!("koe5_upgraded_{}", from.replace('.', "_"));
+            admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+            admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+            let mut old = connect(Some(&name));
+            old.batch_execute(&format!(
+                "CREATE EXTENSION koe5 VERSION '{from}';
+                 SET koe5.model_path = '{FIXTURES}/tiny-xlmr';
+                 CREATE TABLE docs (id int PRIMARY KEY, body text,
+                                    emb real[] GENERATED ALWAYS AS (koe5_passage(body)) STORED);
+                 INSERT INTO docs VALUES (1, '대한민국은 민주공화국이다.'), (2, '모든 국민은 법 앞에 평등하다.');"
+            ))
+            .unwrap();
+            if from == "0.2.0" {
+                old.batch_execute(
+                    "CREATE TABLE notes (id int PRIMARY KEY, body text, emb real[]);
+                     INSERT INTO notes VALUES (1, '국회는 법률을 제정한다.');
+                     SELECT koe5_enqueue_table('notes', 'body', 'emb');",
+                )
+                .unwrap();
+            }
+            let before: Vec<Vec<f32>> =
+                old.query("SELECT emb FROM docs ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+            old.batch_execute("ALTER EXTENSION koe5 UPDATE").unwrap();
+            let version: String =
+                old.query_one("SELECT extversion FROM pg_extension WHERE extname = 'koe5'", &[]).unwrap().get(0);
+            assert_eq!(version, "0.3.0");
+            let after: Vec<Vec<f32>> =
+                old.query("SELECT emb FROM docs ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+            assert_eq!(after, before, "stored embeddings survive the upgrade from {from}");
+            let n: i64 = old.query_one("SELECT count(*) FROM koe5_chunks('가나다. 라마바.')", &[]).unwrap().get(0);
+            assert_eq!(n, 1);
+            if from == "0.2.0" {
+                // The queue and its registration survive, and work through the new functions.
+                let pending: i64 = old.query_one("SELECT pending FROM koe5_queue_status", &[]).unwrap().get(0);
+                assert_eq!(pending, 1);
+                let settled: i32 = old.query_one("SELECT koe5_process_queue()", &[]).unwrap().get(0);
+                assert_eq!(settled, 1);
+                let left: i64 = old.query_one("SELECT count(*) FROM koe5_queue", &[]).unwrap().get(0);
+                assert_eq!(left, 0);
+            }
+            let upgraded = extension_objects(&mut old);
+            assert_eq!(upgraded, installed, "an upgraded {from} must equal a fresh 0.3.0");
+        }
     }
 }
