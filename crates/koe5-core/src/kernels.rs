@@ -443,7 +443,7 @@ mod avx512 {
             let line = b.add(pair * NR);
             let mut w = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); NV];
             for (v, wv) in w.iter_mut().enumerate() {
-                *wv = std::mem::transmute(_mm512_loadu_si512(line.add(16 * v).cast()));
+                *wv = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(line.add(16 * v).cast()));
             }
             for (r, sums) in acc.iter_mut().enumerate() {
                 let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * t.lda + pair) as i32));

@@ -45,6 +45,9 @@ pub fn attention(a: &Attention, fast: bool, out: &mut Vec<f32>) {
     let ptr = Out(out.as_mut_ptr());
     let fast = fast && crate::kernels::has_avx512f();
     (0..a.lens.len() * a.heads).into_par_iter().for_each(|task| {
+        // Moves the whole wrapper (which is Send) into the task, not just its raw
+        // pointer field, as a closure would capture it.
+        #[allow(clippy::redundant_locals)]
         let ptr = ptr;
         let (b, h) = (task / a.heads, task % a.heads);
         let (start, len) = (starts[b], a.lens[b]);
@@ -166,6 +169,7 @@ fn head<const FAST: bool>(job: &Head) {
             }
             for r in 0..QR.min(len - i0) {
                 let inv = 1.0 / sums[r];
+                #[allow(clippy::needless_range_loop)] // l indexes acc and the output alike
                 for l in 0..L.min(d - c0) {
                     // SAFETY: row i0+r < len and column c0+l < d of this task's cells.
                     unsafe { *out.add((i0 + r) * ldo + c0 + l) = acc[r][l] * inv };
@@ -280,6 +284,7 @@ mod avx512 {
         let mut sum = [_mm512_setzero_ps(); QR];
         for j in 0..len {
             let vj = _mm512_loadu_ps(v.as_ptr().add(j * dp));
+            #[allow(clippy::needless_range_loop)] // r indexes p and sum alike
             for r in 0..QR {
                 sum[r] = _mm512_fmadd_ps(_mm512_set1_ps(*p.get_unchecked(r * lp + j)), vj, sum[r]);
             }
