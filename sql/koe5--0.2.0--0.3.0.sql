@@ -11,9 +11,15 @@
 -- as rows are worked on: column privileges allow no LOCK at all. Nothing a role does
 -- to these tables can then block another role's writes. Deleting a table's queue
 -- entries goes through koe5__forget_queue(), which checks that the caller owns the
--- table and then deletes as the extension's owner.
+-- table and then deletes as the owner of koe5's tables.
 
-REVOKE UPDATE, DELETE ON koe5_queued_tables, koe5_queue, koe5_backfill_runs FROM PUBLIC;
+-- All of it first: a site's ALTER DEFAULT PRIVILEGES may have given PUBLIC more
+-- (TRUNCATE, MAINTAIN and REFERENCES lock too; TRIGGER would run a role's code inside
+-- koe5's own deletes).
+REVOKE ALL ON koe5_queued_tables, koe5_queue, koe5_backfill_runs FROM PUBLIC;
+REVOKE ALL ON SEQUENCE koe5_queue_id_seq FROM PUBLIC;
+GRANT SELECT, INSERT ON koe5_queued_tables, koe5_queue, koe5_backfill_runs TO PUBLIC;
+GRANT USAGE ON SEQUENCE koe5_queue_id_seq TO PUBLIC;
 GRANT UPDATE (source_attnum, target_attnum, kind, rows_done, last_done_at) ON koe5_queued_tables TO PUBLIC;
 GRANT UPDATE (attempts, next_attempt_at, last_error, failed_at) ON koe5_queue TO PUBLIC;
 GRANT UPDATE (updated_at, finished_at, rows_done, rows_failed, state, last_error) ON koe5_backfill_runs TO PUBLIC;
@@ -22,7 +28,7 @@ DROP POLICY koe5_backfill_runs_delete ON koe5_backfill_runs;
 
 -- Deletes queue entries of `tbl` (those in `ids`, or all of them and the registration
 -- when `whole_table`), for a caller who owns the table: the caller's rights are
--- checked, then the DELETE runs as the extension's owner with search_path pinned,
+-- checked, then the DELETE runs as the owner of koe5's queue with search_path pinned,
 -- in a security-restricted operation.
 CREATE FUNCTION koe5__forget_queue(tbl regclass, ids bigint[], whole_table boolean) RETURNS bigint
     VOLATILE PARALLEL UNSAFE
@@ -204,6 +210,7 @@ DECLARE
     fatal text;                -- an error no row caused: it ends the run
     fatal_state text;
     fatal_detail text;
+    fatal_hint text;
     started timestamptz := pg_catalog.clock_timestamp();
     last_notice timestamptz := started;
     r record;
@@ -241,23 +248,28 @@ BEGIN
         -- Walk the table in ranges of blocks (growing while they come back short), then
         -- make a last pass over the whole table that waits for rows others had locked.
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-        nblocks := pg_relation_size(part) / current_setting('block_size')::bigint;
+        nblocks := NULL;           -- read in the first batch's protected block
         blk := 0;
         step := 8;
-        final := nblocks = 0;
         skip := '{}';
         LOOP
             PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-            PERFORM pg_try_advisory_xact_lock(1802462517, run::integer);
-            range_sql := CASE WHEN final THEN '' ELSE
-                format(' AND t.ctid >= %L::tid AND t.ctid < %L::tid', format('(%s,0)', blk), format('(%s,0)', blk + step))
-            END;
-            lock_sql := CASE WHEN final THEN 'FOR NO KEY UPDATE OF t' ELSE 'FOR NO KEY UPDATE OF t SKIP LOCKED' END;
-            pending_sql := format('FROM ONLY %s AS t WHERE t.%I IS NULL AND t.%I IS NOT NULL AND t.ctid <> ALL ($2)%s',
-                                  part, target, source, range_sql);
             err := NULL;
             fatal := NULL;
+            n := 0;
+            ok := 0;
             BEGIN
+                IF nblocks IS NULL THEN
+                    nblocks := pg_relation_size(part) / current_setting('block_size')::bigint;
+                    final := nblocks = 0;
+                END IF;
+                PERFORM pg_try_advisory_xact_lock(1802462517, run::integer);
+                range_sql := CASE WHEN final THEN '' ELSE
+                    format(' AND t.ctid >= %L::tid AND t.ctid < %L::tid', format('(%s,0)', blk), format('(%s,0)', blk + step))
+                END;
+                lock_sql := CASE WHEN final THEN 'FOR NO KEY UPDATE OF t' ELSE 'FOR NO KEY UPDATE OF t SKIP LOCKED' END;
+                pending_sql := format('FROM ONLY %s AS t WHERE t.%I IS NULL AND t.%I IS NOT NULL AND t.ctid <> ALL ($2)%s',
+                                      part, target, source, range_sql);
                 BEGIN
                     -- One batch: embed the texts in one batch, write the vectors back by ctid.
                     EXECUTE format(
@@ -295,6 +307,11 @@ BEGIN
                         EXCEPTION WHEN OTHERS THEN
                             GET STACKED DIAGNOSTICS err = MESSAGE_TEXT, err_state = RETURNED_SQLSTATE,
                                                     err_detail = PG_EXCEPTION_DETAIL;
+                            -- (a lock wait of this row's UPDATE, for a key or a trigger, is
+                            -- no more the row's fault than the batch's)
+                            IF err_state IN ('55P03', '40P01', '40001') THEN
+                                RAISE;
+                            END IF;
                             skip := skip || r.tid;
                             streak := streak + 1;
                             RAISE WARNING 'koe5_backfill: row % of "%" not embedded: %',
@@ -303,12 +320,16 @@ BEGIN
                         EXIT WHEN streak >= 32;
                     END LOOP;
                 END;
+                UPDATE @extschema@.koe5_backfill_runs
+                    SET rows_done = done + ok, rows_failed = failed + (n - ok), updated_at = clock_timestamp(),
+                        last_error = coalesce(err, last_error)
+                    WHERE run_id = run;
             EXCEPTION WHEN OTHERS OR query_canceled THEN
-                -- Not a row's fault (a lock wait past lock_timeout, a cancel, a
-                -- statement_timeout): what this batch did is rolled back; record why
+                -- Not a row's fault (a lock wait past lock_timeout, a deadlock, a cancel,
+                -- a statement_timeout): what this batch did is rolled back; record why
                 -- the run ends before ending it with the same error.
                 GET STACKED DIAGNOSTICS fatal = MESSAGE_TEXT, fatal_state = RETURNED_SQLSTATE,
-                                        fatal_detail = PG_EXCEPTION_DETAIL;
+                                        fatal_detail = PG_EXCEPTION_DETAIL, fatal_hint = PG_EXCEPTION_HINT;
                 n := 0;
                 ok := 0;
             END;
@@ -319,19 +340,15 @@ BEGIN
                     WHERE run_id = run;
                 COMMIT;
                 PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+                fatal_hint := coalesce(nullif(fatal_hint, '') || ' ', '')
+                    || 'koe5_backfill stopped; the rows embedded before are kept, and a rerun goes on from them.';
                 IF coalesce(fatal_detail, '') = '' THEN
-                    RAISE EXCEPTION USING ERRCODE = fatal_state, MESSAGE = fatal,
-                        HINT = 'koe5_backfill stopped; the rows embedded before are kept, and a rerun goes on from them.';
+                    RAISE EXCEPTION USING ERRCODE = fatal_state, MESSAGE = fatal, HINT = fatal_hint;
                 END IF;
-                RAISE EXCEPTION USING ERRCODE = fatal_state, MESSAGE = fatal, DETAIL = fatal_detail,
-                    HINT = 'koe5_backfill stopped; the rows embedded before are kept, and a rerun goes on from them.';
+                RAISE EXCEPTION USING ERRCODE = fatal_state, MESSAGE = fatal, DETAIL = fatal_detail, HINT = fatal_hint;
             END IF;
             done := done + ok;
             failed := failed + (n - ok);
-            UPDATE @extschema@.koe5_backfill_runs
-                SET rows_done = done, rows_failed = failed, updated_at = clock_timestamp(),
-                    last_error = coalesce(err, last_error)
-                WHERE run_id = run;
             IF streak >= 32 THEN
                 -- So many failures with no success between them point at the settings
                 -- or the table, not at rows: stop, keeping what is done.

@@ -253,6 +253,7 @@ fn koe5_model_info() -> JsonB {
 #[pg_extern(sql = false)]
 fn koe5_download() -> String {
     // EXECUTE is revoked from PUBLIC: superusers call this, and roles they GRANT it to.
+    gucs::check_pins();
     let id = gucs::model_id();
     koe5_core::hub::check_model_id(&id).or_raise();
     let cache = koe5_core::hub::cache_dir();

@@ -98,8 +98,9 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    define_refused();
     for (name, before) in startup {
-        note_if_dropped(name, before);
+        note_if_refused(name, before);
     }
     GucRegistry::define_int_guc(
         c"koe5.query_cache_size",
@@ -168,10 +169,21 @@ pub fn init() {
 /// The settings only superusers (or roles granted SET on them) may set.
 const SUPERUSER_ONLY: [&CStr; 4] = [c"koe5.model_path", c"koe5.model_id", c"koe5.threads", c"koe5.precision"];
 
-thread_local! {
-    /// Superuser-only settings whose startup value PostgreSQL dropped when koe5 loaded,
-    /// with that value and whether it was valid.
-    static DROPPED: std::cell::RefCell<Vec<(&'static CStr, String, bool)>> = const { std::cell::RefCell::new(Vec::new()) };
+/// `koe5.refused_at_load`: "name=value" of the first superuser-only setting whose
+/// session-start value PostgreSQL refused when koe5 loaded in this session, or empty.
+/// A setting (not a variable of this process) so that parallel workers, which load
+/// koe5 without the session's startup options, inherit it from their leader.
+static REFUSED: GucSetting<Option<std::ffi::CString>> = GucSetting::<Option<std::ffi::CString>>::new(None);
+
+fn define_refused() {
+    GucRegistry::define_string_guc(
+        c"koe5.refused_at_load",
+        c"Shows a superuser-only koe5 setting PostgreSQL refused when koe5 loaded in this session.",
+        c"Set by koe5 itself; while it is not empty, koe5 does not embed in this session.",
+        &REFUSED,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL | GucFlags::DISALLOW_IN_FILE,
+    );
 }
 
 /// The session-start ("reset") value of a placeholder PostgreSQL keeps for `name`
@@ -189,41 +201,63 @@ fn placeholder_reset_value(name: &CStr) -> Option<String> {
     }
 }
 
-/// Whether `a` and `b` are the same value of setting `name`, and whether `a` is a
-/// value it accepts at all.
-fn same_value(name: &CStr, a: &str, b: &str) -> (bool, bool) {
-    match name.to_bytes() {
-        b"koe5.precision" => {
-            let valid = ["auto", "f32", "bf16"].iter().any(|v| v.eq_ignore_ascii_case(a));
-            (a.eq_ignore_ascii_case(b), valid)
-        }
-        b"koe5.threads" => {
-            let parse = |v: &str| {
-                let v = std::ffi::CString::new(v).ok()?;
-                let mut out = 0;
-                // SAFETY: a NUL-terminated string and an out-parameter; no hint wanted.
-                unsafe { pg_sys::parse_int(v.as_ptr(), &mut out, 0, std::ptr::null_mut()) }.then_some(out)
-            };
-            let a = parse(a);
-            (a.is_some() && a == parse(b), a.is_some_and(|n| (0..=1024).contains(&n)))
-        }
-        _ => (a == b, true),
+/// Where the session-start value of the (defined) setting `name` came from.
+fn reset_source(name: &CStr) -> Option<pg_sys::GucSource::Type> {
+    // SAFETY: PostgreSQL's own table of settings, read (not changed) in this process.
+    unsafe {
+        #[cfg(any(feature = "pg14", feature = "pg15"))]
+        let found = {
+            let all = pg_sys::get_guc_variables();
+            let n = usize::try_from(pg_sys::GetNumConfigOptions()).unwrap_or(0);
+            (0..n).map(|i| *all.add(i)).find(|&g| {
+                !g.is_null() && CStr::from_ptr((*g).name).to_bytes().eq_ignore_ascii_case(name.to_bytes())
+            })
+        };
+        #[cfg(not(any(feature = "pg14", feature = "pg15")))]
+        let found = Some(pg_sys::find_option(name.as_ptr(), false, true, pg_sys::WARNING as i32)).filter(|g| !g.is_null());
+        found.map(|g| (*g).reset_source)
     }
 }
 
-/// After koe5 defined `name`: if the placeholder's session-start value did not become
-/// the setting's, PostgreSQL refused it (a role that may not set it gave it in the
-/// startup options, or it is invalid) and fell back to the built-in default, dropping
-/// the value the database, role or configuration file set. Remember that.
-fn note_if_dropped(name: &'static CStr, before: Option<String>) {
+/// Whether `value` is one that setting `name` accepts.
+fn valid_value(name: &str, value: &str) -> bool {
+    match name {
+        "koe5.precision" => ["auto", "f32", "bf16"].iter().any(|v| v.eq_ignore_ascii_case(value)),
+        "koe5.threads" => {
+            let Ok(v) = std::ffi::CString::new(value) else { return false };
+            let mut out = 0;
+            // SAFETY: a NUL-terminated string and an out-parameter; no hint wanted.
+            let parsed = unsafe { pg_sys::parse_int(v.as_ptr(), &mut out, 0, std::ptr::null_mut()) };
+            parsed && (0..=1024).contains(&out)
+        }
+        _ => true,
+    }
+}
+
+/// After koe5 defined `name`: if the placeholder had a session-start value but the
+/// setting's comes from nowhere (its built-in default), PostgreSQL refused that value
+/// (a role that may not set it gave it in the startup options, or it is invalid) and
+/// dropped with it the value the database, role or configuration file set. Remember
+/// that, in `koe5.refused_at_load`.
+fn note_if_refused(name: &'static CStr, before: Option<String>) {
     let Some(before) = before else { return };
-    // SAFETY: the setting was defined just now.
-    let after = unsafe { pg_sys::GetConfigOptionResetString(name.as_ptr()) };
-    let after =
-        if after.is_null() { String::new() } else { unsafe { CStr::from_ptr(after) }.to_string_lossy().into_owned() };
-    let (same, valid) = same_value(name, &before, &after);
-    if !same {
-        DROPPED.with(|d| d.borrow_mut().push((name, before, valid)));
+    if reset_source(name) != Some(pg_sys::GucSource::PGC_S_DEFAULT) || !REFUSED.get().is_none_or(|v| v.is_empty()) {
+        return;
+    }
+    let Ok(value) = std::ffi::CString::new(format!("{}={before}", name.to_string_lossy())) else { return };
+    // SAFETY: koe5's own setting, just defined; PGC_S_OVERRIDE makes it the session's
+    // reset value too, so no transaction's abort and no RESET takes it back.
+    unsafe {
+        pg_sys::set_config_option(
+            c"koe5.refused_at_load".as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+            pg_sys::GucAction::GUC_ACTION_SET,
+            true,
+            pg_sys::WARNING as i32,
+            false,
+        );
     }
 }
 
@@ -241,9 +275,9 @@ pub fn check_pins() {
 
 /// The error `check_pins` raises, if any: SQLSTATE, message, detail and hint.
 pub fn dropped_pin() -> Option<(pgrx::PgSqlErrorCode, String, String, String)> {
-    let (name, value, valid) = DROPPED.with(|d| d.borrow().first().cloned())?;
-    let name = name.to_string_lossy();
-    let (code, message) = if valid {
+    let refused = REFUSED.get()?.to_string_lossy().into_owned();
+    let (name, value) = refused.split_once('=')?;
+    let (code, message) = if valid_value(name, value) {
         (
             pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("{name} was set for this session by a role that may not set it"),

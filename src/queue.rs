@@ -6,9 +6,9 @@
 //! let any role take `LOCK TABLE … IN ACCESS EXCLUSIVE MODE` on the queue, which
 //! row-level security does not cover, and stall every registered table's writes.
 //! So a table's owner deletes its entries through `koe5__forget_queue`: the caller's
-//! ownership is checked as the caller, then the DELETE runs as the extension's owner,
-//! in a security-restricted operation with `search_path` pinned, on the extension's
-//! own tables found from `pg_extension` (never from an argument).
+//! ownership is checked as the caller, then the DELETE runs as the owner of koe5's
+//! queue table, in a security-restricted operation with `search_path` pinned, on the
+//! extension's own tables found from `pg_extension` (never from an argument).
 
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -104,8 +104,10 @@ fn koe5_forget_queue(tbl: Option<pg_sys::Oid>, ids: Option<Array<'_, i64>>, whol
     }
     let extension = Spi::connect(|c| {
         let rows = c.select(
-            "SELECT e.extowner, pg_catalog.quote_ident(n.nspname)
+            // the owner of the queue's table: the least that may delete from it
+            "SELECT c.relowner, pg_catalog.quote_ident(n.nspname)
              FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = 'koe5_queue'
              WHERE e.extname = 'koe5'",
             None,
             &[],

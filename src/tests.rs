@@ -2016,7 +2016,18 @@ pub(crate) mod client_tests {
     /// them that blocks a writer, and deletes go through the owner-checking function.
     #[test]
     fn a_plain_role_cannot_lock_koe5s_tables_or_delete_others_entries() {
-        let mut db = fresh_database("koe5_locks", "UTF8");
+        // Even where default privileges give PUBLIC everything on new tables.
+        let mut admin = connect(None);
+        admin.batch_execute("DROP DATABASE IF EXISTS koe5_locks").unwrap();
+        admin.batch_execute("CREATE DATABASE koe5_locks").unwrap();
+        let mut db = connect(Some("koe5_locks"));
+        db.batch_execute(&format!(
+            "ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO PUBLIC;
+             ALTER DEFAULT PRIVILEGES GRANT ALL ON SEQUENCES TO PUBLIC;
+             CREATE EXTENSION koe5;
+             SET koe5.model_path = '{FIXTURES}/tiny-xlmr';"
+        ))
+        .unwrap();
         db.batch_execute(
             "DO $$ BEGIN CREATE ROLE koe5_owner; EXCEPTION WHEN duplicate_object THEN END $$;
              DO $$ BEGIN CREATE ROLE koe5_mallory; EXCEPTION WHEN duplicate_object THEN END $$;
@@ -2044,6 +2055,22 @@ pub(crate) mod client_tests {
         }
         let r = sqlstate_of(mallory.batch_execute("UPDATE koe5_queue SET relid = 'pg_class'"));
         assert_eq!(r, "42501: permission denied for table koe5_queue");
+        // No TRIGGER (whose code would run inside koe5's own deletes), REFERENCES or TRUNCATE.
+        let r = sqlstate_of(mallory.batch_execute(
+            "CREATE FUNCTION mallory_fn() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN OLD; END $$;
+             CREATE TRIGGER mallory BEFORE DELETE ON koe5_queue FOR EACH ROW EXECUTE FUNCTION mallory_fn()",
+        ));
+        assert_eq!(r, "42501: permission denied for table koe5_queue");
+        let granted: bool = db
+            .query_one(
+                "SELECT bool_or(has_table_privilege('koe5_mallory', t, p))
+                 FROM unnest(ARRAY['koe5_queued_tables', 'koe5_queue', 'koe5_backfill_runs']) t,
+                      unnest(ARRAY['UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) p",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(!granted, "PUBLIC keeps no table-wide privilege beyond SELECT and INSERT");
         // The deleting function checks the caller, whatever it is asked.
         let r = sqlstate_of(mallory.batch_execute("SELECT koe5__forget_queue('docs', NULL, true)"));
         assert_eq!(r, "42501: must be owner of table docs");

@@ -57,6 +57,9 @@ CREATE ROLE koe5_granted LOGIN;
 GRANT SET ON PARAMETER koe5.precision TO koe5_granted;
 \c pins
 CREATE EXTENSION koe5;
+CREATE TABLE words (t text);
+INSERT INTO words VALUES ('대한민국'), ('헌법');
+GRANT SELECT ON words TO PUBLIC;
 SQL
 
 text="대한민국은 민주공화국이다."
@@ -74,6 +77,19 @@ done
 check "... nor a token count" "$(q koe5_plain "-c koe5.precision=bf16" "SELECT koe5_token_count('$text')")" "*ERROR:  42501: *"
 check "... and koe5_model_info() says why" \
     "$(q koe5_plain "-c koe5.precision=bf16" "SELECT koe5_model_info()->>'error'")" "*koe5.precision was set for this session by a role that may not set it"
+# A parallel worker loads koe5 without the session's startup options: it must refuse too.
+parallel="SELECT set_config(CASE WHEN current_setting('server_version_num')::int >= 160000
+                                 THEN 'debug_parallel_query' ELSE 'force_parallel_mode' END, 'on', false);
+          SET parallel_leader_participation = off;
+          SELECT count(koe5_passage(t)) FROM words;"
+in_parallel() {   # ROLE OPTIONS: a first call loads koe5 in the leader, then the parallel query
+    as_pg env PGOPTIONS="$2" "$BIN/psql" -h /tmp -p "$PORT" -U "$1" -d pins -X -q -tA -v VERBOSITY=verbose \
+        -c "SELECT koe5_token_count('가')" -c "$parallel" 2>&1 | grep -v '^LOCATION:' || true
+}
+check "... nor in a parallel worker" "$(in_parallel koe5_plain "-c koe5.precision=bf16")" "*ERROR:  42501: koe5.precision was set for this session*CONTEXT:  parallel worker"
+check "a superuser's parallel query embeds" "$(in_parallel postgres "")" "*2"
+check "a plain role's startup value equal to the default is refused as well" \
+    "$(q koe5_plain "-c koe5.threads=0" "$embed")" "*ERROR:  42501: koe5.threads was set for this session*"
 check "a role granted SET ON PARAMETER koe5.precision may set it at connection" \
     "$(q koe5_granted "-c koe5.precision=bf16" "SELECT koe5_model_info()->>'precision'")" "*bf16"
 check "a superuser may set it at connection" "$(q postgres "-c koe5.precision=bf16" "SELECT koe5_model_info()->>'precision'")" "bf16"
