@@ -209,12 +209,13 @@ fn reset_source(name: &CStr) -> Option<pg_sys::GucSource::Type> {
         let found = {
             let all = pg_sys::get_guc_variables();
             let n = usize::try_from(pg_sys::GetNumConfigOptions()).unwrap_or(0);
-            (0..n).map(|i| *all.add(i)).find(|&g| {
-                !g.is_null() && CStr::from_ptr((*g).name).to_bytes().eq_ignore_ascii_case(name.to_bytes())
-            })
+            (0..n)
+                .map(|i| *all.add(i))
+                .find(|&g| !g.is_null() && CStr::from_ptr((*g).name).to_bytes().eq_ignore_ascii_case(name.to_bytes()))
         };
         #[cfg(not(any(feature = "pg14", feature = "pg15")))]
-        let found = Some(pg_sys::find_option(name.as_ptr(), false, true, pg_sys::WARNING as i32)).filter(|g| !g.is_null());
+        let found =
+            Some(pg_sys::find_option(name.as_ptr(), false, true, pg_sys::WARNING as i32)).filter(|g| !g.is_null());
         found.map(|g| (*g).reset_source)
     }
 }
