@@ -191,6 +191,9 @@ fn koe5_model_info() -> JsonB {
         "model_id": gucs::model_id(),
         "precision": gucs::precision().name(),
     });
+    if gucs::PRECISION.get() == gucs::PrecisionSetting::Auto {
+        info["precision_auto"] = json!(koe5_core::Precision::auto_choice().1);
+    }
     if let Some((_, message, _, _)) = gucs::dropped_pin() {
         info["loaded"] = json!(false);
         info["error"] = json!(message);

@@ -266,6 +266,14 @@ mod tests {
         let got = vector_of("SELECT koe5_passage($1)", c["text"].as_str().unwrap());
         assert_close("f32 again", &got, &floats(&c["passage"]["embedding"]));
         assert!(outcome("SET koe5.precision = 'int4'").starts_with("22023"));
+        // auto says what it chose on this CPU, and why.
+        assert!(info.get("precision_auto").is_none(), "only for auto: {info}");
+        Spi::run("SET koe5.precision = 'auto'").unwrap();
+        let info = Spi::get_one::<pgrx::JsonB>("SELECT koe5_model_info()").unwrap().unwrap().0;
+        let (chosen, why) = koe5_core::Precision::auto_choice();
+        assert_eq!(info["precision"], chosen.name());
+        assert_eq!(info["precision_auto"], why);
+        Spi::run("SET koe5.precision = 'f32'").unwrap();
     }
 
     #[pg_test]
