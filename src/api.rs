@@ -261,7 +261,10 @@ fn koe5_download() -> String {
     koe5_core::hub::check_model_id(&id).or_raise();
     let cache = koe5_core::hub::cache_dir();
     // The download runs on a thread of its own (with every signal blocked, like all
-    // threads koe5 starts) while this backend waits for it and stays cancellable.
+    // threads koe5 starts) while this backend waits for it and stays cancellable; a
+    // cancelled download's thread may outlive the call, so the compute threads (whose
+    // start sets an environment variable) start first.
+    backend::start_threads();
     let (tx, rx) = std::sync::mpsc::channel();
     let worker_id = id.clone();
     backend::with_signals_blocked(|| {

@@ -307,7 +307,7 @@ fn block_all_signals() {
 /// candle would otherwise spawn lazily from whichever thread first needs it — the
 /// backend's, with PostgreSQL's signals unblocked). All of them block every signal and
 /// only compute; both pools get `koe5.threads` threads.
-fn start_threads() {
+pub fn start_threads() {
     static START: Once = Once::new();
     START.call_once(|| {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -331,7 +331,8 @@ fn start_threads() {
             libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
         }
         // candle sizes its pool from this variable. SAFETY: no other thread of this
-        // process exists yet (the postmaster starts none, see `preload`).
+        // process exists yet: the postmaster starts none (see `preload`), and the only
+        // other thread koe5 starts, koe5_download's, starts after this.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", threads.to_string()) };
         with_signals_blocked(|| {
             let _ = rayon::ThreadPoolBuilder::new()
