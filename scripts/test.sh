@@ -61,8 +61,9 @@ for part in "${parts[@]}"; do
             echo "==> koe5 extension tests on PostgreSQL ${part#pg}"
             pg_config=$(cargo pgrx info pg-config "$part")
             scripts/install-companion.sh "$pg_config"
-            # The released install scripts of 0.1.0 and 0.2.0, so the tests can upgrade from them.
-            install -m 644 tests/upgrade/koe5--0.1.0.sql tests/upgrade/koe5--0.2.0.sql "$("$pg_config" --sharedir)/extension/"
+            # 0.1.0's install script as released, so the tests can upgrade from it (and from
+            # 0.2.0, which PostgreSQL installs as 0.1.0 and the released update script).
+            install -m 644 tests/upgrade/koe5--0.1.0.sql "$("$pg_config" --sharedir)/extension/"
             KOE5_FIGURES="$KOE5_HOME/figures-$part.txt" \
                 nice cargo pgrx test "$part" --runas postgres --pgdata "$KOE5_HOME/test-pgdata-${part#pg}"
             echo "==> superuser-only settings hold on a PostgreSQL ${part#pg} that does not preload koe5"

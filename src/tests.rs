@@ -2200,8 +2200,9 @@ pub(crate) mod client_tests {
         .collect()
     }
 
-    /// Upgrades from the released 0.1.0 and 0.2.0 (their install scripts are in
-    /// tests/upgrade/) keep the data and give exactly what a fresh install gives,
+    /// Upgrades from the released 0.1.0 and 0.2.0 (0.1.0's install script is in
+    /// tests/upgrade/; PostgreSQL installs 0.2.0 as 0.1.0 and its released update
+    /// script, which is what 0.2.0's own install script was) keep the data and give exactly what a fresh install gives,
     /// privileges and policies included.
     #[test]
     fn upgrades_keep_data_and_equal_a_fresh_install() {
