@@ -33,7 +33,7 @@ if [ "${1:-}" = stop ]; then
 fi
 
 ./scripts/setup.sh
-export CARGO_PGRX_DISABLE_GC_SECTIONS_WORKAROUND=1
+. scripts/release-env.sh
 echo "==> building and installing koe5 (release) into $("$PG_CONFIG" --pkglibdir)"
 nice cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
 scripts/install-companion.sh "$PG_CONFIG"

