@@ -9,8 +9,9 @@ pub static MODEL_PATH: GucSetting<Option<std::ffi::CString>> = GucSetting::<Opti
 pub static MODEL_ID: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(Some(c"nlpai-lab/KoE5"));
 
-/// Compute threads per backend (0: one per CPU core).
+/// Compute threads per backend (0: one per CPU core), at most THREADS_MAX.
 pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
+const THREADS_MAX: i32 = 1024;
 pub static PRECISION: GucSetting<PrecisionSetting> = GucSetting::<PrecisionSetting>::new(PrecisionSetting::Auto);
 pub static PRELOAD: GucSetting<bool> = GucSetting::<bool>::new(true);
 
@@ -62,14 +63,8 @@ pub fn init() {
     }
     // Startup values of the superuser-only settings given before the library loaded
     // (see `check_pins`).
-    let startup: Vec<(&'static CStr, Option<String>)> = SUPERUSER_ONLY
-        .iter()
-        .map(|&name| {
-            // (a placeholder made by a plain SET has no session-start value of its own)
-            let given = reset_source(name).is_some_and(|s| s != pg_sys::GucSource::PGC_S_DEFAULT);
-            (name, placeholder_reset_value(name).filter(|_| given))
-        })
-        .collect();
+    let startup: Vec<(&'static CStr, String)> =
+        SUPERUSER_ONLY.iter().filter_map(|&name| Some((name, session_start_value(name)?))).collect();
     GucRegistry::define_string_guc(
         c"koe5.model_path",
         c"Sets the directory of the sentence-transformers model that koe5 runs.",
@@ -92,7 +87,7 @@ pub fn init() {
         c"0 means one per CPU core. Read when a backend first embeds; later changes apply to new sessions.",
         &THREADS,
         0,
-        1024,
+        THREADS_MAX,
         GucContext::Suset,
         GucFlags::default(),
     );
@@ -105,8 +100,11 @@ pub fn init() {
         GucFlags::default(),
     );
     define_refused();
-    for (name, before) in startup {
-        note_if_refused(name, before);
+    // The first whose value PostgreSQL refused: its setting now has no source.
+    if let Some((name, value)) =
+        startup.into_iter().find(|(name, _)| reset_source(name) == Some(pg_sys::GucSource::PGC_S_DEFAULT))
+    {
+        record_refused(name, &value);
     }
     GucRegistry::define_int_guc(
         c"koe5.query_cache_size",
@@ -192,22 +190,18 @@ fn define_refused() {
     );
 }
 
-/// The session-start ("reset") value of a placeholder PostgreSQL keeps for `name`
-/// until koe5 defines it: what the configuration file, `ALTER DATABASE`/`ALTER ROLE …
-/// SET` or the connection's startup options (`PGOPTIONS`) gave it.
-fn placeholder_reset_value(name: &CStr) -> Option<String> {
-    // SAFETY: lookups by name; GetConfigOptionResetString is called only for a setting
-    // that exists (it raises an ERROR otherwise).
-    unsafe {
-        if pg_sys::GetConfigOption(name.as_ptr(), true, false).is_null() {
-            return None;
-        }
-        let value = pg_sys::GetConfigOptionResetString(name.as_ptr());
-        (!value.is_null()).then(|| CStr::from_ptr(value).to_string_lossy().into_owned())
-    }
+/// The session-start ("reset") value that a placeholder PostgreSQL keeps for `name`
+/// until koe5 defines it got from the configuration file, `ALTER DATABASE`/`ALTER ROLE …
+/// SET` or the connection's startup options (`PGOPTIONS`); None if none did (no
+/// placeholder, or one made by a plain SET in the session).
+fn session_start_value(name: &CStr) -> Option<String> {
+    reset_source(name).filter(|&s| s != pg_sys::GucSource::PGC_S_DEFAULT)?;
+    // SAFETY: the setting exists (reset_source found it), so this raises no ERROR.
+    let value = unsafe { pg_sys::GetConfigOptionResetString(name.as_ptr()) };
+    (!value.is_null()).then(|| unsafe { CStr::from_ptr(value) }.to_string_lossy().into_owned())
 }
 
-/// Where the session-start value of the (defined) setting `name` came from.
+/// Where the session-start value of setting (or placeholder) `name` came from.
 fn reset_source(name: &CStr) -> Option<pg_sys::GucSource::Type> {
     // SAFETY: PostgreSQL's own table of settings, read (not changed) in this process.
     unsafe {
@@ -229,29 +223,37 @@ fn reset_source(name: &CStr) -> Option<pg_sys::GucSource::Type> {
 /// Whether `value` is one that setting `name` accepts.
 fn valid_value(name: &str, value: &str) -> bool {
     match name {
-        "koe5.precision" => ["auto", "f32", "bf16"].iter().any(|v| v.eq_ignore_ascii_case(value)),
+        "koe5.precision" => {
+            // the names PrecisionSetting declares to PostgreSQL, ended by a null name
+            let mut entry = <PrecisionSetting as pgrx::GucEnum>::CONFIG_ENUM_ENTRY;
+            // SAFETY: a static array that ends with an entry whose name is null.
+            unsafe {
+                while !(*entry).name.is_null() {
+                    if CStr::from_ptr((*entry).name).to_bytes().eq_ignore_ascii_case(value.as_bytes()) {
+                        return true;
+                    }
+                    entry = entry.add(1);
+                }
+            }
+            false
+        }
         "koe5.threads" => {
             let Ok(v) = std::ffi::CString::new(value) else { return false };
             let mut out = 0;
             // SAFETY: a NUL-terminated string and an out-parameter; no hint wanted.
             let parsed = unsafe { pg_sys::parse_int(v.as_ptr(), &mut out, 0, std::ptr::null_mut()) };
-            parsed && (0..=1024).contains(&out)
+            parsed && (0..=THREADS_MAX).contains(&out)
         }
         _ => true,
     }
 }
 
-/// After koe5 defined `name`: if the placeholder had a session-start value but the
-/// setting's comes from nowhere (its built-in default), PostgreSQL refused that value
-/// (a role that may not set it gave it in the startup options, or it is invalid) and
-/// dropped with it the value the database, role or configuration file set. Remember
-/// that, in `koe5.refused_at_load`.
-fn note_if_refused(name: &'static CStr, before: Option<String>) {
-    let Some(before) = before else { return };
-    if reset_source(name) != Some(pg_sys::GucSource::PGC_S_DEFAULT) || !REFUSED.get().is_none_or(|v| v.is_empty()) {
-        return;
-    }
-    let Ok(value) = std::ffi::CString::new(format!("{}={before}", name.to_string_lossy())) else { return };
+/// Records in `koe5.refused_at_load` that PostgreSQL refused `value`, the session-start
+/// value of `name`, when koe5 defined it (a role that may not set it gave it in the
+/// startup options, or it is invalid), dropping with it the value the database, role
+/// or configuration file set.
+fn record_refused(name: &CStr, value: &str) {
+    let Ok(value) = std::ffi::CString::new(format!("{}={value}", name.to_string_lossy())) else { return };
     // SAFETY: koe5's own setting, just defined; PGC_S_OVERRIDE makes it the session's
     // reset value too, so no transaction's abort and no RESET takes it back.
     unsafe {

@@ -3,7 +3,8 @@
 //! This crate is the PostgreSQL glue only: settings (`gucs`), per-backend model and
 //! threads (`backend`), server-encoding conversion (`text`), error reporting
 //! (`errors`), the SQL functions (`api`, declared in `sql/koe5.sql`), the queue's
-//! deletions (`queue`) and the background worker (`worker`). The model
+//! deletions (`queue`), running as a table's owner (`security`) and the background
+//! worker (`worker`). The model
 //! itself lives in the pgrx-free `koe5-core` crate.
 
 use pgrx::prelude::*;
@@ -13,6 +14,7 @@ mod backend;
 mod errors;
 mod gucs;
 mod queue;
+mod security;
 mod text;
 mod worker;
 

@@ -15,48 +15,7 @@ use pgrx::prelude::*;
 use pgrx::{Array, PgSqlErrorCode};
 
 use crate::errors::report;
-
-/// The caller's user and settings, given back when this goes out of scope: on return
-/// and when an ERROR unwinds through the function.
-struct Caller {
-    user: pg_sys::Oid,
-    context: i32,
-    nest: i32,
-}
-
-impl Caller {
-    /// Opens a settings nest level with `search_path` pinned to `pg_catalog, pg_temp`.
-    fn enter() -> Caller {
-        let (mut user, mut context) = (pg_sys::InvalidOid, 0);
-        // SAFETY: plain reads and a new GUC nest level, closed in Drop.
-        let nest = unsafe {
-            pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-            pg_sys::NewGUCNestLevel()
-        };
-        let caller = Caller { user, context, nest };
-        Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)")
-            .unwrap_or_else(|e| internal(e));
-        caller
-    }
-
-    /// Runs what follows as `owner`, in a security-restricted operation.
-    fn become_owner(&self, owner: pg_sys::Oid) {
-        let context =
-            self.context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32;
-        // SAFETY: restored in Drop (and by the (sub)transaction's abort on an ERROR).
-        unsafe { pg_sys::SetUserIdAndSecContext(owner, context) };
-    }
-}
-
-impl Drop for Caller {
-    fn drop(&mut self) {
-        // SAFETY: the values saved in `enter`, the nest level opened there.
-        unsafe {
-            pg_sys::AtEOXact_GUC(false, self.nest);
-            pg_sys::SetUserIdAndSecContext(self.user, self.context);
-        }
-    }
-}
+use crate::security::Scope;
 
 fn internal(e: pgrx::spi::SpiError) -> ! {
     report(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("koe5: {e}"), None, None)
@@ -72,7 +31,7 @@ fn koe5_forget_queue(tbl: Option<pg_sys::Oid>, ids: Option<Array<'_, i64>>, whol
     if !whole && ids.is_empty() {
         return 0;
     }
-    let caller = Caller::enter();
+    let scope = Scope::pinned();
     // As the caller: may they act as the table's owner?
     let row = Spi::connect(|c| {
         let rows = c.select(
@@ -126,7 +85,7 @@ fn koe5_forget_queue(tbl: Option<pg_sys::Oid>, ids: Option<Array<'_, i64>>, whol
             None,
         )
     };
-    caller.become_owner(owner);
+    scope.become_role(owner);
     let gone = Spi::get_one_with_args::<i64>(
         &format!(
             "WITH gone AS (DELETE FROM {schema}.koe5_queue WHERE relid = $1 AND ($2 OR id = ANY ($3)) RETURNING 1)
@@ -143,6 +102,6 @@ fn koe5_forget_queue(tbl: Option<pg_sys::Oid>, ids: Option<Array<'_, i64>>, whol
         )
         .unwrap_or_else(|e| internal(e));
     }
-    drop(caller);
+    drop(scope);
     gone
 }

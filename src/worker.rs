@@ -241,31 +241,13 @@ fn in_transaction<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe + std::panic
 }
 
 /// Runs `f` as `owner` in a security-restricted operation with a settings nest level
-/// of its own (and, from PostgreSQL 17, a safe search_path), as PostgreSQL runs
-/// maintenance commands on a user's table.
+/// of its own and a safe search_path, as PostgreSQL runs maintenance commands on a
+/// user's table.
 fn as_owner<T>(owner: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
-    let (mut user, mut context) = (pg_sys::InvalidOid, 0);
-    let nest = unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            context | pg_sys::SECURITY_RESTRICTED_OPERATION as i32 | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-        let nest = pg_sys::NewGUCNestLevel();
-        #[cfg(any(feature = "pg17", feature = "pg18"))]
-        pg_sys::RestrictSearchPath();
-        nest
-    };
+    let scope = crate::security::Scope::pinned();
+    scope.become_role(owner);
     // A row or table lock held by a long transaction must not stall every table:
     // past the timeout the batch fails, is logged, and the table waits its turn.
-    let _ = Spi::run(
-        "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true),
-                pg_catalog.set_config('lock_timeout', '5s', true)",
-    );
-    let out = f();
-    unsafe {
-        pg_sys::AtEOXact_GUC(false, nest);
-        pg_sys::SetUserIdAndSecContext(user, context);
-    }
-    out
+    let _ = Spi::run("SELECT pg_catalog.set_config('lock_timeout', '5s', true)");
+    f()
 }
