@@ -33,6 +33,8 @@ DROP POLICY koe5_backfill_runs_delete ON koe5_backfill_runs;
 CREATE FUNCTION koe5__forget_queue(tbl regclass, ids bigint[], whole_table boolean) RETURNS bigint
     VOLATILE PARALLEL UNSAFE
     LANGUAGE c AS 'MODULE_PATHNAME', 'koe5_forget_queue_wrapper';
+COMMENT ON FUNCTION koe5__forget_queue(regclass, bigint[], boolean) IS
+    'Internal: deletes queue entries of a table the caller owns (those in ids, or all and the registration with whole_table); used by koe5_process_queue_table and koe5_dequeue_table';
 
 CREATE OR REPLACE FUNCTION koe5_dequeue_table(tbl regclass) RETURNS void
     LANGUAGE plpgsql

@@ -62,7 +62,9 @@ impl Precision {
     /// 1.3× the work of an f32 FMA, and bf16 ran 1.3–1.6× slower than f32 end to end.
     /// The same CPU always gets the same answer.
     pub fn auto_choice() -> (Precision, &'static str) {
-        Precision::choose(kernels::has_avx512_bf16(), &kernels::cpu_vendor())
+        // Asked on every embedding call: CPUID (a trap to the hypervisor in a VM) once.
+        static CHOICE: std::sync::OnceLock<(Precision, &'static str)> = std::sync::OnceLock::new();
+        *CHOICE.get_or_init(|| Precision::choose(kernels::has_avx512_bf16(), &kernels::cpu_vendor()))
     }
 
     fn choose(has_bf16: bool, vendor: &str) -> (Precision, &'static str) {
