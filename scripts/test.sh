@@ -50,6 +50,8 @@ for part in "${parts[@]}"; do
         lint)
             echo "==> cargo fmt --check and cargo clippy -D warnings (core, glue, tests, examples)"
             cargo fmt --all --check
+            echo "==> released SQL scripts unchanged (sql/released.sha256)"
+            scripts/check-released-sql.sh
             nice cargo clippy --workspace --all-targets --features pg18 -- -D warnings
             ;;
         core)
@@ -64,7 +66,7 @@ for part in "${parts[@]}"; do
             scripts/install-companion.sh "$pg_config"
             # 0.1.0's install script as released, so the tests can upgrade from it (and from
             # 0.2.0, which PostgreSQL installs as 0.1.0 and the released update script).
-            install -m 644 tests/upgrade/koe5--0.1.0.sql "$("$pg_config" --sharedir)/extension/"
+            install -m 644 sql/koe5--0.1.0.sql "$("$pg_config" --sharedir)/extension/"
             KOE5_FIGURES="$KOE5_HOME/figures-$part.txt" \
                 nice cargo pgrx test "$part" --runas postgres --pgdata "$KOE5_HOME/test-pgdata-${part#pg}"
             echo "==> superuser-only settings hold on a PostgreSQL ${part#pg} that does not preload koe5"

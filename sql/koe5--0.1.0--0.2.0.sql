@@ -1,3 +1,5 @@
+-- As released, with only these two lines put on top in 0.4.0; frozen (scripts/check-released-sql.sh).
+\echo Use "ALTER EXTENSION koe5 UPDATE TO '0.2.0'" to load this file. \quit
 -- koe5 0.2.0: everything added since 0.1.0. A fresh install runs sql/koe5.sql and then
 -- this file; `ALTER EXTENSION koe5 UPDATE` from 0.1.0 runs this file alone, so both
 -- paths give the same objects (tested).

@@ -1,3 +1,5 @@
+-- As released, with only these two lines put on top in 0.4.0; frozen (scripts/check-released-sql.sh).
+\echo Use "ALTER EXTENSION koe5 UPDATE TO '0.3.0'" to load this file. \quit
 -- koe5 0.3.0: what a plain role may do to koe5's shared tables, and backfill errors
 -- that say why a run stopped.
 --

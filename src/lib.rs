@@ -2,7 +2,7 @@
 //!
 //! This crate is the PostgreSQL glue only: settings (`gucs`), per-backend model and
 //! threads (`backend`), server-encoding conversion (`text`), error reporting
-//! (`errors`), the SQL functions (`api`, declared in `sql/koe5.sql`), the queue's
+//! (`errors`), the SQL functions (`api`, declared in `sql/surface/`), the queue's
 //! deletions (`queue`), running as a table's owner (`security`) and the background
 //! worker (`worker`). The model
 //! itself lives in the pgrx-free `koe5-core` crate.
@@ -26,11 +26,18 @@ mod reliability_tests;
 
 pgrx::pg_module_magic!(name, version);
 
-extension_sql_file!("../sql/koe5.sql", name = "koe5_api");
-// Each version's additions are its upgrade script, run after the 0.1.0 surface on a
-// fresh install: installing and upgrading give the same extension.
-extension_sql_file!("../sql/koe5--0.1.0--0.2.0.sql", name = "koe5_0_2_0", requires = ["koe5_api"]);
-extension_sql_file!("../sql/koe5--0.2.0--0.3.0.sql", name = "koe5_0_3_0", requires = ["koe5_0_2_0"], finalize);
+// The SQL surface, one file per concept (the Rust functions are declared there, with
+// `sql = false` here). A fresh install runs them in this order; the released scripts
+// in sql/ (koe5--0.1.0.sql and the update scripts) are only for ALTER EXTENSION UPDATE,
+// and the upgrade test proves both paths give the same objects.
+extension_sql_file!("../sql/surface/embedding.sql", name = "embedding");
+extension_sql_file!("../sql/surface/model.sql", name = "model", requires = ["embedding"]);
+extension_sql_file!("../sql/surface/monitoring.sql", name = "monitoring", requires = ["model"]);
+extension_sql_file!("../sql/surface/chunking.sql", name = "chunking", requires = ["monitoring"]);
+extension_sql_file!("../sql/surface/pipeline.sql", name = "pipeline", requires = ["chunking"]);
+extension_sql_file!("../sql/surface/trigger.sql", name = "trigger", requires = ["pipeline"]);
+extension_sql_file!("../sql/surface/backfill.sql", name = "backfill", requires = ["trigger"]);
+extension_sql_file!("../sql/surface/queue.sql", name = "queue", requires = ["backfill"], finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -160,47 +160,53 @@ fn embed_due_batches(resting: &mut HashMap<u32, Instant>) -> bool {
 /// row, but says why on the table's due entries, so `koe5_queue_status.last_error`
 /// shows it.
 fn record_failure(schema: &str, relid: pg_sys::Oid, message: &str) {
-    let sql = format!(
-        "UPDATE {schema}.koe5_queue SET last_error = $2
-         WHERE relid = $1 AND failed_at IS NULL AND next_attempt_at <= pg_catalog.clock_timestamp()"
-    );
+    let sql = format!("SELECT {schema}.koe5__note_batch_failure($1::pg_catalog.regclass, $2)");
     let _ = in_transaction(|| Spi::run_with_args(&sql, &[DatumWithOid::from(relid), DatumWithOid::from(message)]));
 }
 
-/// The schema of the koe5 extension in this database (None if it is not installed)
-/// and the registered tables that have due entries, with their owners.
+/// Whether the worker said once that this database's koe5 needs updating.
+static OLD_VERSION_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The schema of the koe5 extension in this database (None if it is not installed, or
+/// too old to say what is due) and the registered tables that have due entries, with
+/// their owners.
 fn due_tables() -> Option<(String, Vec<(pg_sys::Oid, pg_sys::Oid)>)> {
-    let schema = Spi::connect(|c| {
+    let (schema, current) = Spi::connect(|c| {
         c.select(
-            // (an older koe5 without the queue counts as not installed)
-            "SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e
+            "SELECT pg_catalog.quote_ident(n.nspname), e.extversion,
+                    pg_catalog.to_regprocedure(pg_catalog.quote_ident(n.nspname) || '.koe5__due_tables()') IS NOT NULL
+             FROM pg_catalog.pg_extension e
              JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
-             WHERE e.extname = 'koe5'
-               AND pg_catalog.to_regclass(pg_catalog.quote_ident(n.nspname) || '.koe5_queued_tables') IS NOT NULL",
+             WHERE e.extname = 'koe5'",
             None,
             &[],
         )
         .ok()?
         .next()
-        .and_then(|r| r.get::<String>(1).ok().flatten())
-    })?;
-    let tables = Spi::connect(|c| {
-        c.select(
-            &format!(
-                "SELECT r.relid::pg_catalog.oid, c.relowner FROM {schema}.koe5_queued_tables r
-                 JOIN pg_catalog.pg_class c ON c.oid = r.relid
-                 WHERE EXISTS (SELECT FROM {schema}.koe5_queue q
-                               WHERE q.relid = r.relid AND q.failed_at IS NULL
-                                 AND q.next_attempt_at <= pg_catalog.clock_timestamp())
-                 ORDER BY 1"
-            ),
-            None,
-            &[],
-        )
-        .map(|rows| {
-            rows.filter_map(|r| Some((r.get::<pg_sys::Oid>(1).ok()??, r.get::<pg_sys::Oid>(2).ok()??))).collect()
+        .and_then(|r| {
+            let schema = r.get::<String>(1).ok().flatten()?;
+            let version = r.get::<String>(2).ok().flatten().unwrap_or_default();
+            let current = r.get::<bool>(3).ok().flatten().unwrap_or(false);
+            Some((schema, current.then_some(()).ok_or(version)))
         })
-        .unwrap_or_default()
+    })?;
+    // What is due is the extension's to say (koe5__due_tables(), since 0.4.0): a database
+    // whose koe5 is older, not yet updated, keeps its queue until ALTER EXTENSION UPDATE.
+    if let Err(version) = current {
+        if !OLD_VERSION_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log!(
+                "koe5 worker: koe5 {version} in this database predates the library's queue functions; \
+                 its queue waits for ALTER EXTENSION koe5 UPDATE"
+            );
+        }
+        return None;
+    }
+    let tables = Spi::connect(|c| {
+        c.select(&format!("SELECT d.relid, d.owner FROM {schema}.koe5__due_tables() AS d"), None, &[])
+            .map(|rows| {
+                rows.filter_map(|r| Some((r.get::<pg_sys::Oid>(1).ok()??, r.get::<pg_sys::Oid>(2).ok()??))).collect()
+            })
+            .unwrap_or_default()
     });
     Some((schema, tables))
 }

@@ -1,11 +1,8 @@
--- koe5: KoE5 text embeddings inside PostgreSQL.
--- The SQL surface of the extension as of 0.1.0, written by hand (the Rust functions are
--- declared with `sql = false`); what later versions add is in koe5--0.1.0--0.2.0.sql
--- and so on, which a fresh install runs after this file. Embedding functions are IMMUTABLE: the vector of a text
--- depends only on the loaded model, which koe5_model_info() identifies by SHA-256.
--- Re-embed stored vectors if you change models.
-
--- Embedding ------------------------------------------------------------------
+-- koe5: embedding. Texts in, unit-length real[] vectors out, one at a time or in
+-- batches. The functions are IMMUTABLE: a text's vector depends on the loaded model
+-- (koe5_model_info() identifies it by SHA-256) and on koe5.precision (bf16 vectors
+-- differ from f32 ones in the third decimal; README, Precision). Re-embed stored
+-- vectors after changing either.
 
 CREATE FUNCTION koe5_query(text) RETURNS real[]
     IMMUTABLE STRICT PARALLEL SAFE COST 10000
@@ -23,15 +20,15 @@ CREATE FUNCTION koe5_query(text[]) RETURNS SETOF real[]
     IMMUTABLE STRICT PARALLEL SAFE COST 10000 ROWS 100
     LANGUAGE c AS 'MODULE_PATHNAME', 'koe5_query_batch_wrapper';
 COMMENT ON FUNCTION koe5_query(text[]) IS
-    'Embeds many queries in padded batches; one row per element, in input order, NULL for a NULL element';
+    'Embeds many queries in batches; one row per element, in input order, NULL for a NULL element';
 
 CREATE FUNCTION koe5_passage(text[]) RETURNS SETOF real[]
     IMMUTABLE STRICT PARALLEL SAFE COST 10000 ROWS 100
     LANGUAGE c AS 'MODULE_PATHNAME', 'koe5_passage_batch_wrapper';
 COMMENT ON FUNCTION koe5_passage(text[]) IS
-    'Embeds many passages in padded batches; one row per element, in input order, NULL for a NULL element';
+    'Embeds many passages in batches; one row per element, in input order, NULL for a NULL element';
 
--- Helpers ---------------------------------------------------------------------
+-- Helpers on embeddings and texts.
 
 CREATE FUNCTION koe5_similarity(real[], real[]) RETURNS real
     IMMUTABLE STRICT PARALLEL SAFE COST 5
@@ -45,18 +42,11 @@ CREATE FUNCTION koe5_token_count(text) RETURNS integer
 COMMENT ON FUNCTION koe5_token_count(text) IS
     'Tokens the model sees for a passage before truncation, prefix and special tokens included';
 
--- Model -----------------------------------------------------------------------
-
-CREATE FUNCTION koe5_model_info() RETURNS jsonb
-    VOLATILE PARALLEL RESTRICTED
-    LANGUAGE c AS 'MODULE_PATHNAME', 'koe5_model_info_wrapper';
-COMMENT ON FUNCTION koe5_model_info() IS
-    'Describes the model the settings select: directory, dimension, max tokens, pooling, normalisation, weights SHA-256, and whether this backend has it loaded';
-
-CREATE FUNCTION koe5_download() RETURNS text
-    VOLATILE PARALLEL UNSAFE
-    LANGUAGE c AS 'MODULE_PATHNAME', 'koe5_download_wrapper';
-COMMENT ON FUNCTION koe5_download() IS
-    'Downloads koe5.model_id from the Hugging Face Hub into the server''s Hugging Face cache (superuser only); returns the snapshot directory';
-REVOKE ALL ON FUNCTION koe5_download() FROM PUBLIC;
-
+-- The pipelines' one way to embed by kind ('passage' or 'query', any other is an
+-- error): the trigger, the backfill and the queue choose the function through these.
+CREATE FUNCTION koe5__embed(body text, kind text) RETURNS real[]
+    IMMUTABLE STRICT PARALLEL SAFE COST 10000
+    LANGUAGE c AS 'MODULE_PATHNAME', 'koe5_embed_kind_wrapper';
+CREATE FUNCTION koe5__embed(bodies text[], kind text) RETURNS SETOF real[]
+    IMMUTABLE STRICT PARALLEL SAFE COST 10000 ROWS 100
+    LANGUAGE c AS 'MODULE_PATHNAME', 'koe5_embed_kind_batch_wrapper';

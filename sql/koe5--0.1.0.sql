@@ -1,3 +1,5 @@
+-- As released, with only these two lines put on top in 0.4.0; frozen (scripts/check-released-sql.sh).
+\echo Use "CREATE EXTENSION koe5 VERSION '0.1.0'" to load this file. \quit
 -- The install script of koe5 0.1.0 as released (sql/koe5.sql at commit e5d7223), kept
 -- so that tests can install 0.1.0 and upgrade it.
 -- koe5: KoE5 text embeddings inside PostgreSQL.
