@@ -10,7 +10,6 @@ pub mod files;
 pub mod hub;
 pub mod kernels;
 pub mod model;
-pub mod ops;
 pub mod pooling;
 pub mod tokenize;
 pub mod weights;
@@ -323,27 +322,6 @@ mod test_util {
                 ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
             })
             .collect()
-    }
-
-    /// erf in f64: its Taylor series below 3, its complement's continued fraction above.
-    pub fn exact_erf(x: f64) -> f64 {
-        let z = x.abs();
-        let v = if z < 3.0 {
-            let (mut term, mut sum, mut n) = (z, z, 0.0);
-            while term.abs() > 1e-17 {
-                n += 1.0;
-                term *= -z * z / n;
-                sum += term / (2.0 * n + 1.0);
-            }
-            sum * 2.0 / std::f64::consts::PI.sqrt()
-        } else {
-            let mut f = 0.0;
-            for k in (1..60).rev() {
-                f = (k as f64 / 2.0) / (z + f);
-            }
-            1.0 - (-z * z).exp() / (std::f64::consts::PI.sqrt() * (z + f))
-        };
-        v.copysign(x)
     }
 }
 

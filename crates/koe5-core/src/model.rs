@@ -1,9 +1,9 @@
 //! The XLM-RoBERTa encoder. Weights are read through candle's `VarBuilder`, with
 //! names that mirror Hugging Face's module tree (`embeddings`,
 //! `encoder.layer.N.attention.self`, …), i.e. the safetensors keys; the forward pass is
-//! koe5's own, on plain f32 buffers: packed dense layers with fused epilogues
-//! ([`kernels`]), attention and LayerNorm ([`ops`]). It returns the last hidden state;
-//! pooling is the caller's job. Between steps it calls the caller's interrupt hook,
+//! koe5's own, on plain f32 buffers: packed dense layers with fused epilogues,
+//! attention and LayerNorm ([`kernels`]). It returns the last hidden state; pooling is
+//! the caller's job. Between steps it calls the caller's interrupt hook,
 //! which is how PostgreSQL's cancel and statement_timeout reach a long batch.
 
 use candle_core::{Storage, Tensor};
@@ -12,8 +12,7 @@ use rayon::prelude::*;
 
 use crate::config::{Activation, Architecture, EncoderConfig};
 use crate::error::{Error, ErrorKind, Result};
-use crate::kernels::{self, Epilogue, Format, Packed};
-use crate::ops::{self, Attention};
+use crate::kernels::{self, Attention, Epilogue, Format, Packed};
 use crate::Precision;
 
 type CResult<T> = candle_core::Result<T>;
@@ -167,7 +166,7 @@ impl Norm {
     }
 
     fn forward(&self, x: &mut [f32]) {
-        ops::layer_norm(x, &self.gamma, &self.beta, self.eps, true)
+        kernels::layer_norm(x, &self.gamma, &self.beta, self.eps, true)
     }
 }
 
@@ -294,7 +293,7 @@ impl Layer {
         self.qkv.forward(x, m, Epilogue::Bias, None, qkv, scratch)?;
         interrupt();
         let att = Attention { qkv, lens, heads: self.heads, head_dim: self.head_dim };
-        ops::attention(&att, true, ctx);
+        kernels::attention(&att, true, ctx);
         self.attn_out.forward(ctx, m, Epilogue::Bias, Some(x), attn, scratch)?;
         self.attn_norm.forward(attn);
         interrupt();
@@ -302,7 +301,7 @@ impl Layer {
             Activation::GeluErf => self.inter.forward(attn, m, Epilogue::BiasGelu, None, inter, scratch)?,
             Activation::GeluTanh => {
                 self.inter.forward(attn, m, Epilogue::Bias, None, inter, scratch)?;
-                inter.par_iter_mut().for_each(|x| *x = gelu_tanh(*x));
+                inter.par_iter_mut().for_each(|x| *x = kernels::gelu_tanh(*x));
             }
         }
         interrupt();
@@ -345,11 +344,6 @@ impl Work {
             scratch: buf(if bf16 { rows * inter.max(hidden).div_ceil(2) } else { 0 })?,
         })
     }
-}
-
-/// GELU's tanh approximation, as `gelu_new` and `gelu_pytorch_tanh` define it.
-fn gelu_tanh(x: f32) -> f32 {
-    0.5 * x * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (x + 0.044_715 * x * x * x)).tanh())
 }
 
 pub struct Encoder {
@@ -455,7 +449,8 @@ mod wide_tests {
     use candle_core::{DType, Device};
 
     use super::*;
-    use crate::test_util::{exact_erf, values};
+    use crate::kernels::exact_erf;
+    use crate::test_util::values;
 
     const H: usize = 128;
     const HEADS: usize = 2;

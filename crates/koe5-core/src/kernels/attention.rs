@@ -1,13 +1,12 @@
-//! The encoder's work besides the dense layers, on plain row-major f32 buffers:
-//! self-attention (scores, softmax, weighted sum of values, one task per sequence and
-//! head, over the sequence's real tokens only) and LayerNorm. Attention has an AVX-512
-//! path (where the CPU has AVX512F) and a portable one; they sum in different orders
-//! (lanes, fused multiply-adds), so they agree to f32 rounding. LayerNorm has one
-//! body, compiled for both.
+//! Self-attention over sequences packed back to back: scores, softmax, weighted sum of
+//! values, one task per sequence and head, over the sequence's real tokens only. An
+//! AVX-512 path (where the CPU has AVX512F) and a portable one sum in different orders
+//! (lanes, fused multiply-adds), so they agree to f32 rounding.
 
 use rayon::prelude::*;
 
-use crate::kernels::exp_nonpositive;
+use super::approx::exp_nonpositive;
+use super::cpu::has_avx512f;
 
 /// What one attention call works on: sequences packed back to back, no padding:
 /// sequence `b` is `lens[b]` rows, starting where the one before it ends; each row of
@@ -43,7 +42,7 @@ pub fn attention(a: &Attention, fast: bool, out: &mut Vec<f32>) {
     out.clear();
     out.reserve(rows * hidden);
     let ptr = Out(out.as_mut_ptr());
-    let fast = fast && crate::kernels::has_avx512f();
+    let fast = fast && has_avx512f();
     (0..a.lens.len() * a.heads).into_par_iter().for_each(|task| {
         // Moves the whole wrapper (which is Send) into the task, not just its raw
         // pointer field, as a closure would capture it.
@@ -270,7 +269,7 @@ mod avx512 {
         for i in (0..n).step_by(L) {
             let k = mask(i);
             let x = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, ptr.add(i)), vscale, max);
-            let e = _mm512_maskz_mov_ps(k, crate::kernels::exp_neg16(x));
+            let e = _mm512_maskz_mov_ps(k, super::super::approx::avx512::exp_neg16(x));
             _mm512_mask_storeu_ps(ptr.add(i), k, e);
             sum = _mm512_add_ps(sum, e);
         }
@@ -292,53 +291,6 @@ mod avx512 {
         for r in 0..QR {
             _mm512_storeu_ps(acc[r].as_mut_ptr(), sum[r]);
         }
-    }
-}
-
-/// LayerNorm of every row of `x` (`rows × gamma.len()`), in place.
-pub fn layer_norm(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32, fast: bool) {
-    let n = gamma.len();
-    let fast = fast && crate::kernels::has_avx512f();
-    x.par_chunks_mut(n).for_each(|row| {
-        #[cfg(target_arch = "x86_64")]
-        if fast {
-            // SAFETY: the CPU has AVX512F (checked above).
-            unsafe { norm_avx512(row, gamma, beta, eps) };
-            return;
-        }
-        norm_row(row, gamma, beta, eps);
-    });
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn norm_avx512(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    norm_row(row, gamma, beta, eps)
-}
-
-/// Mean and variance in two passes, each summed in L lanes (so it vectorizes).
-#[inline(always)]
-fn norm_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    let n = row.len() as f32;
-    let chunks = row.chunks_exact(L);
-    let tail = chunks.remainder();
-    let mut part = [0f32; L];
-    for c in chunks.clone() {
-        for l in 0..L {
-            part[l] += c[l];
-        }
-    }
-    let mean = (part.iter().sum::<f32>() + tail.iter().sum::<f32>()) / n;
-    let mut part = [0f32; L];
-    for c in chunks {
-        for l in 0..L {
-            part[l] += (c[l] - mean) * (c[l] - mean);
-        }
-    }
-    let var = (part.iter().sum::<f32>() + tail.iter().map(|&x| (x - mean) * (x - mean)).sum::<f32>()) / n;
-    let inv = 1.0 / (var + eps).sqrt();
-    for ((x, &g), &b) in row.iter_mut().zip(gamma).zip(beta) {
-        *x = (*x - mean) * inv * g + b;
     }
 }
 
@@ -399,26 +351,6 @@ mod tests {
                     // f32 rounding of d-term sums (~1e-6 at d = 64 with these
                     // magnitudes); a wrong index or a softmax slip is off by 1e-2 or more.
                     assert!((g as f64 - w).abs() < 1e-5, "heads={heads} d={d} fast={fast} at {at}: {g} vs {w}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn layer_norm_matches_its_definition_on_both_paths() {
-        for &n in &[8usize, 32, 1024, 1000] {
-            let x: Vec<f32> = values(3 * n, 3).iter().map(|v| v * 4.0 + 1.5).collect();
-            let (g, b) = (values(n, 4), values(n, 5));
-            for fast in [false, true] {
-                let mut y = x.clone();
-                layer_norm(&mut y, &g, &b, 1e-5, fast);
-                for (r, row) in x.chunks(n).enumerate() {
-                    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
-                    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
-                    for c in 0..n {
-                        let want = (row[c] as f64 - mean) / (var + 1e-5).sqrt() * g[c] as f64 + b[c] as f64;
-                        assert!((y[r * n + c] as f64 - want).abs() < 2e-6, "n={n} fast={fast} at {r},{c}");
-                    }
                 }
             }
         }

@@ -7,7 +7,7 @@
 //! - **f32**: every operand stays f32; on CPUs with AVX512F each `vfmadd231ps` adds 16
 //!   products into 16 sums.
 //!
-//! `W` lies in panels of [`NR`] output columns; each 64-byte line of a panel holds one
+//! `W` lies in panels of `NR` output columns; each 64-byte line of a panel holds one
 //! step of the inner dimension for 16 columns (a pair `(W[k][n], W[k+1][n])` per column
 //! in bf16, one `W[k][n]` in f32). The kernel streams a panel front to back while `MR`
 //! rows of `x` are broadcast against it. Elsewhere a portable loop computes the same
@@ -16,10 +16,14 @@
 
 use rayon::prelude::*;
 
+use super::approx::gelu;
+use super::bf16::{bf16_bits, bf16_to_f32};
+use super::cpu::{has_avx512_bf16, has_avx512f};
+
 /// 16-lane vectors of output columns per panel.
 const NV: usize = 4;
 /// Output columns per panel.
-pub const NR: usize = 16 * NV;
+const NR: usize = 16 * NV;
 /// Rows of `x` per kernel call: 6 × 4 accumulators use 24 of the 32 vector registers,
 /// and each step loads 4 weight vectors and broadcasts 6 inputs for 24 products.
 const MR: usize = 6;
@@ -57,23 +61,6 @@ pub struct Packed {
     /// `ceil(n / NR)` panels, each `steps × NR` 32-bit cells: two bf16 (low half first)
     /// or one f32's bits.
     data: Vec<u32>,
-}
-
-/// Rounds to the nearest bf16, ties to even (as `vcvtne2ps2bf16` does, except that the
-/// instruction reads denormal inputs, below 1.2e-38, as zero); NaN stays NaN.
-#[inline]
-pub fn bf16_bits(x: f32) -> u16 {
-    let b = x.to_bits();
-    if x.is_nan() {
-        return ((b >> 16) | 0x40) as u16;
-    }
-    let round = 0x7fff + ((b >> 16) & 1);
-    (b.wrapping_add(round) >> 16) as u16
-}
-
-#[inline]
-pub fn bf16_to_f32(h: u16) -> f32 {
-    f32::from_bits((h as u32) << 16)
 }
 
 impl Packed {
@@ -125,99 +112,6 @@ pub enum Epilogue {
     BiasGelu,
 }
 
-/// `erf` after Abramowitz and Stegun 7.1.26 (absolute error 1.5e-7; under 5e-7 evaluated
-/// in f32): far below the 2^-9 relative rounding of the bf16 values the next layer reads.
-#[inline]
-pub fn erf(x: f32) -> f32 {
-    (1.0 - erfc_abs(x)).copysign(x)
-}
-
-/// `1 − erf(|x|)`, the approximation's own form.
-#[inline]
-fn erfc_abs(x: f32) -> f32 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + ERF_P * z);
-    let poly = t * (ERF_A[0] + t * (ERF_A[1] + t * (ERF_A[2] + t * (ERF_A[3] + t * ERF_A[4]))));
-    poly * (-z * z).exp()
-}
-
-/// GELU with the erf above: `x/2 · (1 + erf(x/√2))`. For negative x, `1 + erf` is taken
-/// as `erfc(|u|)` directly, without the cancellation of `1 − (1 − erfc)`, so the tail
-/// stays within 2% relative (0.2% at x = −5, 1% at −8).
-#[inline]
-pub fn gelu(x: f32) -> f32 {
-    let c = erfc_abs(x * std::f32::consts::FRAC_1_SQRT_2);
-    0.5 * x * if x < 0.0 { c } else { 2.0 - c }
-}
-
-/// e^x for x ≤ 0 (softmax's shifted scores): 2^n · p(r) with
-/// r = x − n·ln 2, |r| ≤ ln 2 / 2, p of degree 6 (relative error about 2e-7); 0 below
-/// −87. Written so that the compiler vectorizes a loop over it (no calls, no
-/// branches); `avx512::exp_neg16` is the same on 16 lanes.
-#[inline(always)]
-pub fn exp_nonpositive(x: f32) -> f32 {
-    let x = x.max(EXP_MIN);
-    // Round to nearest by adding and removing 1.5·2^23.
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let mut poly = EXP_POLY[0];
-    for c in &EXP_POLY[1..] {
-        poly = poly * r + c;
-    }
-    poly * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
-/// Below this e^x is taken as e^-87 (2^n stays a normal float).
-const EXP_MIN: f32 = -87.0;
-/// ln 2 split in two, so that n·ln 2 is subtracted without rounding away r.
-const LN2_HI: f32 = 0.693_145_75;
-const LN2_LO: f32 = 1.428_606_8e-6;
-/// e^r's Taylor coefficients, highest degree first (1/6!, …, 1/1!, 1).
-const EXP_POLY: [f32; 7] = [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
-
-const ERF_P: f32 = 0.327_591_1;
-const ERF_A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_8, -1.453_152_1, 1.061_405_4];
-
-/// Whether this CPU has the bf16 dot-product instructions the bf16 fast path needs.
-pub fn has_avx512_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// The CPU's vendor as CPUID names it ("AuthenticAMD", "GenuineIntel", …; "" off x86).
-pub fn cpu_vendor() -> String {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // (CPUID leaf 0 exists on every x86-64 CPU; the intrinsic is safe)
-        let r = std::arch::x86_64::__cpuid(0);
-        let bytes: Vec<u8> = [r.ebx, r.edx, r.ecx].iter().flat_map(|w| w.to_le_bytes()).collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        String::new()
-    }
-}
-
-/// Whether this CPU has the 512-bit f32 instructions the f32 fast path (and the fast
-/// attention, see `attention`) needs.
-pub fn has_avx512f() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Whether [`matmul`] has a fast path for `format` on this CPU.
 pub fn has_fast_path(format: Format) -> bool {
     match format {
@@ -238,7 +132,7 @@ fn pack_rows(x: &[f32], m: usize, k: usize, kp: usize, fast: bool, out: &mut Vec
         #[cfg(target_arch = "x86_64")]
         if fast {
             // SAFETY: the CPU has the instructions (the caller checked).
-            done = unsafe { avx512::round_pairs(row, dst) };
+            done = unsafe { super::bf16::avx512::round_pairs(row, dst) };
         }
         for (pair, d) in dst.iter_mut().enumerate().skip(done) {
             let lo = bf16_bits(row[2 * pair]) as u32;
@@ -410,13 +304,11 @@ fn portable(t: &Tile, bf16: bool) {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use avx512::exp_neg16;
-
-#[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Tile, ERF_A, ERF_P, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, MR, NR, NV};
+    use super::super::approx::avx512::gelu16;
+    use super::{Tile, MR, NR, NV};
 
     /// Calls `$kernel::<R>` for the tile's `rows` (1..=MR): a kernel compiled for that
     /// many rows.
@@ -518,59 +410,6 @@ mod avx512 {
             }
         }
     }
-
-    /// `x` (32 floats at a time) rounded to bf16 pairs in `out`; returns how many pairs
-    /// it wrote (the rest, under 16, is the caller's).
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn round_pairs(x: &[f32], out: &mut [u32]) -> usize {
-        let blocks = (x.len() / 32).min(out.len() / 16);
-        for i in 0..blocks {
-            let lo = _mm512_loadu_ps(x.as_ptr().add(32 * i));
-            let hi = _mm512_loadu_ps(x.as_ptr().add(32 * i + 16));
-            let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-            _mm512_storeu_si512(out.as_mut_ptr().add(16 * i).cast(), pairs);
-        }
-        blocks * 16
-    }
-
-    /// [`super::exp_nonpositive`] on 16 lanes (rounding by the instruction's own mode).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub(crate) unsafe fn exp_neg16(x: __m512) -> __m512 {
-        let x = _mm512_max_ps(x, _mm512_set1_ps(EXP_MIN));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
-            x,
-            _mm512_set1_ps(std::f32::consts::LOG2_E),
-        ));
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
-        let mut p = _mm512_set1_ps(EXP_POLY[0]);
-        for &c in &EXP_POLY[1..] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-        }
-        _mm512_scalef_ps(p, n)
-    }
-
-    /// [`super::gelu`] on 16 lanes.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn gelu16(x: __m512) -> __m512 {
-        let u = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
-        let z = _mm512_abs_ps(u);
-        let t = _mm512_div_ps(_mm512_set1_ps(1.0), _mm512_fmadd_ps(_mm512_set1_ps(ERF_P), z, _mm512_set1_ps(1.0)));
-        let mut poly = _mm512_set1_ps(ERF_A[4]);
-        for c in [ERF_A[3], ERF_A[2], ERF_A[1], ERF_A[0]] {
-            poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(c));
-        }
-        poly = _mm512_mul_ps(poly, t);
-        let e = exp_neg16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), z));
-        // c = erfc(|u|); 1 + erf(u) is c for negative u and 2 − c otherwise.
-        let c = _mm512_mul_ps(poly, e);
-        let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(u, _mm512_setzero_ps());
-        let one_plus_erf = _mm512_mask_blend_ps(negative, _mm512_sub_ps(_mm512_set1_ps(2.0), c), c);
-        _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5), x), one_plus_erf)
-    }
-
     /// The first `n` of 16 lanes (all 16 for n ≥ 16).
     fn lane_mask(n: usize) -> __mmask16 {
         if n >= 16 {
@@ -584,7 +423,8 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{exact_erf, values as matrix};
+    use crate::kernels::approx::exact_erf;
+    use crate::test_util::values as matrix;
 
     /// The exact sums of the operands (rounded to bf16 first for `Format::Bf16`), in f64.
     fn reference(x: &[f32], w: &[f32], bias: &[f32], m: usize, k: usize, n: usize, format: Format) -> Vec<f64> {
@@ -597,64 +437,6 @@ mod tests {
         }
         out
     }
-
-    /// erfc(z) for z ≥ 3 by its continued fraction, else 1 − erf(z).
-    fn exact_erfc(z: f64) -> f64 {
-        if z < 3.0 {
-            return 1.0 - exact_erf(z);
-        }
-        let mut f = 0.0;
-        for k in (1..60).rev() {
-            f = (k as f64 / 2.0) / (z + f);
-        }
-        (-z * z).exp() / (std::f64::consts::PI.sqrt() * (z + f))
-    }
-
-    #[test]
-    fn exp_is_within_its_stated_error() {
-        for i in 0..=90_000 {
-            let x = -(i as f32) / 1000.0;
-            let want = (x as f64).exp();
-            let got = exp_nonpositive(x) as f64;
-            if x > -87.0 {
-                assert!(((got - want) / want).abs() < 4e-7, "exp({x}) = {got} vs {want}");
-            } else {
-                assert!(got < 2e-38);
-            }
-        }
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), exp_nonpositive(-87.0));
-    }
-
-    #[test]
-    fn erf_and_gelu_within_their_stated_error() {
-        for i in -6000..=6000 {
-            let x = i as f32 / 1000.0;
-            let e = exact_erf(x as f64);
-            assert!((erf(x) as f64 - e).abs() <= 5e-7, "erf({x}) = {} vs {e}", erf(x));
-        }
-        assert_eq!(gelu(0.0), 0.0);
-        // The negative tail stays within 2% relative (no 1 − (1 − ε) cancellation, which
-        // made it 10% wrong at −5 and 0 at −6).
-        for x in [-4.0f32, -5.0, -6.0, -8.0] {
-            let want = 0.5 * x as f64 * exact_erfc(-(x as f64) / std::f64::consts::SQRT_2);
-            assert!(((gelu(x) as f64 - want) / want).abs() < 2e-2, "gelu({x}) = {} vs {want}", gelu(x));
-        }
-        assert!((gelu(1.0) - 0.841_344_7).abs() < 1e-6);
-        assert!((gelu(-3.0) + 0.004_049_7).abs() < 1e-6);
-    }
-
-    #[test]
-    fn bf16_rounding_is_to_nearest_even() {
-        assert_eq!(bf16_bits(1.0), 0x3f80);
-        // 1 + 2^-8 lies halfway between two bf16 values: ties go to the even one (1.0).
-        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
-        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
-        assert_eq!(bf16_to_f32(bf16_bits(-2.5)), -2.5);
-        assert!(bf16_to_f32(bf16_bits(f32::NAN)).is_nan());
-        assert_eq!(bf16_to_f32(bf16_bits(f32::INFINITY)), f32::INFINITY);
-    }
-
     #[test]
     fn both_paths_of_both_formats_match_exact_sums() {
         // Shapes that exercise every remainder: rows not a multiple of MR or MC, odd
