@@ -7,7 +7,8 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use koe5_core::kernels::{self, Epilogue, Format, Packed};
+use koe5_core::kernels::{self, Epilogue, Packed};
+use koe5_core::Precision;
 
 fn best_of(n: usize, mut f: impl FnMut()) -> f64 {
     (0..n)
@@ -90,8 +91,8 @@ fn main() {
             let w: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
             let bias = vec![0.1f32; n];
             let flop = 2.0 * (m * k * n) as f64;
-            let packed = Packed::pack(&w, k, n, Format::Bf16).expect("memory for the packed weight");
-            let packed32 = Packed::pack(&w, k, n, Format::F32).expect("memory for the packed weight");
+            let packed = Packed::pack(&w, k, n, Precision::Bf16).expect("memory for the packed weight");
+            let packed32 = Packed::pack(&w, k, n, Precision::F32).expect("memory for the packed weight");
             let reps = if m <= 16 { 50 } else { 5 };
             // Output and scratch buffers reused, as the encoder does.
             let (mut dst, mut scratch) = (Vec::new(), Vec::new());

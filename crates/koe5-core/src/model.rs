@@ -12,8 +12,8 @@ use rayon::prelude::*;
 
 use crate::config::{Activation, Architecture, EncoderConfig};
 use crate::error::{Error, ErrorKind, Result};
-use crate::kernels::{self, Attention, Epilogue, Format, Packed};
-use crate::Precision;
+use crate::kernels::{self, Attention, Epilogue, Packed};
+use crate::precision::Precision;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -44,15 +44,14 @@ enum Weights {
 impl Dense {
     /// `w` is `k × n` row-major (transposed already).
     fn new(w: &[f32], bias: Vec<f32>, k: usize, n: usize, precision: Precision) -> CResult<Dense> {
-        let format = Format::from(precision);
-        let oom = || candle_core::Error::Msg(format!("out of memory for a {k}×{n} weight ({format:?})"));
-        let weights = if format == Format::F32 && !kernels::has_fast_path(Format::F32) {
+        let oom = || candle_core::Error::Msg(format!("out of memory for a {k}×{n} weight ({precision:?})"));
+        let weights = if precision == Precision::F32 && !kernels::has_fast_path(Precision::F32) {
             let mut v = Vec::new();
             v.try_reserve_exact(w.len()).map_err(|_| oom())?;
             v.extend_from_slice(w);
             Weights::Gemm { w: v, k, n }
         } else {
-            Weights::Packed(Packed::pack(w, k, n, format).ok_or_else(oom)?)
+            Weights::Packed(Packed::pack(w, k, n, precision).ok_or_else(oom)?)
         };
         Ok(Dense { weights, bias })
     }
@@ -420,7 +419,7 @@ mod tests {
         let res: Vec<f32> = (0..m * n).map(|i| val(i, 3)).collect();
         let bias: Vec<f32> = (0..n).map(|i| val(i, 4)).collect();
         let packed =
-            Dense { weights: Weights::Packed(Packed::pack(&w, k, n, Format::F32).unwrap()), bias: bias.clone() };
+            Dense { weights: Weights::Packed(Packed::pack(&w, k, n, Precision::F32).unwrap()), bias: bias.clone() };
         let gemm = Dense { weights: Weights::Gemm { w: w.clone(), k, n }, bias };
         for (epilogue, residual) in
             [(Epilogue::Bias, None), (Epilogue::BiasGelu, None), (Epilogue::Bias, Some(&res[..]))]
@@ -621,7 +620,7 @@ mod wide_tests {
                 start += seq.len();
             }
             // Each sequence alone gives the same numbers, to the bit, on the packed kernels.
-            if kernels::has_fast_path(precision.into()) {
+            if kernels::has_fast_path(precision) {
                 let mut start = 0;
                 for seq in &seqs {
                     let alone = enc.forward(seq, &[seq.len()], &mut || {}).unwrap();

@@ -1,5 +1,5 @@
 //! The dense layers' matrix multiply, `out = x · W + bias` (then GELU, or a residual
-//! added), with `W` packed once at load, in one of two formats:
+//! added), with `W` packed once at load in the layer's [`Precision`]:
 //!
 //! - **bf16**: `x` is rounded to bf16 as it is packed, products are summed in f32. On
 //!   CPUs with AVX512-BF16 (Zen 4/5, Sapphire Rapids and later) each `vdpbf16ps`
@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use super::approx::gelu;
 use super::bf16::{bf16_bits, bf16_to_f32};
 use super::cpu::{has_avx512_bf16, has_avx512f};
+use crate::precision::Precision;
 
 /// 16-lane vectors of output columns per panel.
 const NV: usize = 4;
@@ -34,27 +35,11 @@ const KC: usize = 512;
 /// Rows per pass over the panels: `MC` rows × `KC` steps × 4 bytes = 192 KiB of `x`.
 const MC: usize = 96;
 
-/// How a packed weight stores its values.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Format {
-    Bf16,
-    F32,
-}
-
-impl From<crate::Precision> for Format {
-    fn from(p: crate::Precision) -> Format {
-        match p {
-            crate::Precision::F32 => Format::F32,
-            crate::Precision::Bf16 => Format::Bf16,
-        }
-    }
-}
-
 /// A weight matrix `k × n`, packed for [`matmul`].
 pub struct Packed {
     pub k: usize,
     pub n: usize,
-    pub format: Format,
+    pub precision: Precision,
     /// Steps of the inner dimension: `ceil(k / 2)` pairs in bf16 (an odd `k` is padded
     /// with a zero), `k` in f32.
     steps: usize,
@@ -67,12 +52,12 @@ impl Packed {
     /// Packs `w`, `k × n` row-major f32 (the layer's transposed weight).
     /// `None` when memory for the packed copy cannot be had (an error for the caller,
     /// not an abort: a load may run in the postmaster).
-    pub fn pack(w: &[f32], k: usize, n: usize, format: Format) -> Option<Packed> {
+    pub fn pack(w: &[f32], k: usize, n: usize, precision: Precision) -> Option<Packed> {
         assert_eq!(w.len(), k * n);
         assert!(k > 0 && n > 0, "an empty weight matrix");
-        let steps = match format {
-            Format::Bf16 => k.div_ceil(2),
-            Format::F32 => k,
+        let steps = match precision {
+            Precision::Bf16 => k.div_ceil(2),
+            Precision::F32 => k,
         };
         let panels = n.div_ceil(NR);
         let mut data = Vec::new();
@@ -85,9 +70,9 @@ impl Packed {
                     if col >= n {
                         continue;
                     }
-                    panel[step * NR + c] = match format {
-                        Format::F32 => w[step * n + col].to_bits(),
-                        Format::Bf16 => {
+                    panel[step * NR + c] = match precision {
+                        Precision::F32 => w[step * n + col].to_bits(),
+                        Precision::Bf16 => {
                             let lo = bf16_bits(w[2 * step * n + col]) as u32;
                             let hi = if 2 * step + 1 < k { bf16_bits(w[(2 * step + 1) * n + col]) as u32 } else { 0 };
                             lo | (hi << 16)
@@ -96,7 +81,7 @@ impl Packed {
                 }
             }
         });
-        Some(Packed { k, n, format, steps, data })
+        Some(Packed { k, n, precision, steps, data })
     }
 
     fn panel(&self, p: usize) -> &[u32] {
@@ -112,11 +97,11 @@ pub enum Epilogue {
     BiasGelu,
 }
 
-/// Whether [`matmul`] has a fast path for `format` on this CPU.
-pub fn has_fast_path(format: Format) -> bool {
-    match format {
-        Format::Bf16 => has_avx512_bf16(),
-        Format::F32 => has_avx512f(),
+/// Whether [`matmul`] has a fast path for `precision` on this CPU.
+pub fn has_fast_path(precision: Precision) -> bool {
+    match precision {
+        Precision::Bf16 => has_avx512_bf16(),
+        Precision::F32 => has_avx512f(),
     }
 }
 
@@ -142,7 +127,7 @@ fn pack_rows(x: &[f32], m: usize, k: usize, kp: usize, fast: bool, out: &mut Vec
     });
 }
 
-/// One kernel call: `rows` rows of `a` (row stride `lda`, in the weight's format) times
+/// One kernel call: `rows` rows of `a` (row stride `lda`, in the weight's precision) times
 /// `kc` steps of one panel, into `cols` columns of `c` (row stride `ldc`); `bias` on the
 /// first pass over the inner dimension (else the sums are added to what `c` holds); on
 /// the last, GELU, or `residual` (same layout as `c`) added.
@@ -188,15 +173,15 @@ pub fn matmul(
     assert_eq!(x.len(), m * w.k);
     assert_eq!(bias.len(), w.n);
     assert!(residual.is_none_or(|r| r.len() == m * w.n));
-    let fast = fast && has_fast_path(w.format);
-    let bf16 = w.format == Format::Bf16;
-    let a: &[u32] = match w.format {
-        Format::Bf16 => {
+    let fast = fast && has_fast_path(w.precision);
+    let bf16 = w.precision == Precision::Bf16;
+    let a: &[u32] = match w.precision {
+        Precision::Bf16 => {
             pack_rows(x, m, w.k, w.steps, fast, scratch);
             scratch
         }
         // SAFETY: f32 and u32 have the same size and alignment; the kernel reads bits.
-        Format::F32 => unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u32>(), x.len()) },
+        Precision::F32 => unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u32>(), x.len()) },
     };
     // Every value is written by the first pass over the inner dimension (bias + sums).
     out.clear();
@@ -426,9 +411,9 @@ mod tests {
     use crate::kernels::approx::exact_erf;
     use crate::test_util::values as matrix;
 
-    /// The exact sums of the operands (rounded to bf16 first for `Format::Bf16`), in f64.
-    fn reference(x: &[f32], w: &[f32], bias: &[f32], m: usize, k: usize, n: usize, format: Format) -> Vec<f64> {
-        let r = |v: f32| if format == Format::Bf16 { bf16_to_f32(bf16_bits(v)) as f64 } else { v as f64 };
+    /// The exact sums of the operands (rounded to bf16 first for `Precision::Bf16`), in f64.
+    fn reference(x: &[f32], w: &[f32], bias: &[f32], m: usize, k: usize, n: usize, precision: Precision) -> Vec<f64> {
+        let r = |v: f32| if precision == Precision::Bf16 { bf16_to_f32(bf16_bits(v)) as f64 } else { v as f64 };
         let mut out = vec![0f64; m * n];
         for i in 0..m {
             for j in 0..n {
@@ -443,12 +428,12 @@ mod tests {
         // inner dimensions, columns not a multiple of 16 or 64, inner dimension > KC steps.
         for &(m, k, n) in &[(1, 1, 1), (5, 7, 17), (13, 64, 32), (25, 33, 70), (100, 1030, 48), (97, 2100, 37)] {
             let (x, w, bias, res) = (matrix(m * k, 1), matrix(k * n, 2), matrix(n, 3), matrix(m * n, 4));
-            for format in [Format::Bf16, Format::F32] {
-                let exact = reference(&x, &w, &bias, m, k, n, format);
-                let packed = Packed::pack(&w, k, n, format).unwrap();
+            for precision in [Precision::Bf16, Precision::F32] {
+                let exact = reference(&x, &w, &bias, m, k, n, precision);
+                let packed = Packed::pack(&w, k, n, precision).unwrap();
                 for fast in [false, true] {
-                    if fast && !has_fast_path(format) {
-                        eprintln!("this CPU has no fast path for {format:?}: only the portable one is tested");
+                    if fast && !has_fast_path(precision) {
+                        eprintln!("this CPU has no fast path for {precision:?}: only the portable one is tested");
                         continue;
                     }
                     let run = |epilogue, residual| {
@@ -467,7 +452,7 @@ mod tests {
                     for (i, &e) in exact.iter().enumerate() {
                         // f32 sums of k products of size ≤ 1: error ≤ k · 2^-24 · |terms|.
                         let tol = 1e-6 * (k as f64 + 1.0);
-                        let at = format!("{format:?} {m}×{k}×{n} fast={fast} at {i}");
+                        let at = format!("{precision:?} {m}×{k}×{n} fast={fast} at {i}");
                         assert!((got[i] as f64 - e).abs() <= tol, "{at}: {} vs {e}", got[i]);
                         let want = 0.5 * e * (1.0 + exact_erf(e / std::f64::consts::SQRT_2));
                         let gelu_tol = tol + 5e-7 * e.abs();
