@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use crate::batch::{self, DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET};
-use crate::chunk::Chunk;
+use crate::chunk::{self, Chunk};
 use crate::config::ModelSpec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::files::file_stamp;
@@ -91,7 +91,7 @@ impl Embedder {
         self.tokenizer.count(kind, text, interrupt)
     }
 
-    /// Splits `doc` into chunks that each fit the model: see [`TextTokenizer::chunks`].
+    /// Splits `doc` into chunks that each fit the model: see [`chunk::chunks`].
     pub fn chunks(
         &self,
         kind: Kind,
@@ -100,7 +100,7 @@ impl Embedder {
         overlap_tokens: usize,
         interrupt: &mut dyn FnMut(),
     ) -> Result<Vec<Chunk>> {
-        self.tokenizer.chunks(kind, doc, max_tokens, overlap_tokens, interrupt)
+        chunk::chunks(&self.tokenizer, kind, doc, max_tokens, overlap_tokens, interrupt)
     }
 
     pub fn embed_one(&self, kind: Kind, text: &str, interrupt: &mut dyn FnMut()) -> Result<Vec<f32>> {
