@@ -77,6 +77,8 @@ impl Embedder {
         self.encoder.hidden_size()
     }
 
+    /// The model's tokenizer: the extension asks it whether long texts are tokenized
+    /// exactly ([`TextTokenizer::exact_windows`]) and how far ([`TextTokenizer::hard_window`]).
     pub fn tokenizer(&self) -> &TextTokenizer {
         &self.tokenizer
     }
