@@ -29,8 +29,10 @@ fn peak() -> serde_json::Value {
     if kernels::has_avx512_bf16() {
         let n = 50_000_000u64;
         let time = |f: unsafe fn(u64)| {
+            // SAFETY: the loops need AVX512F and AVX512-BF16, which this CPU has (above).
             unsafe { f(1_000_000) };
             let t = Instant::now();
+            // SAFETY: as above.
             unsafe { f(n) };
             t.elapsed().as_secs_f64()
         };
@@ -48,26 +50,33 @@ mod peak_loops {
     /// `n` rounds of 12 independent `OP zmm_i, zmm12, zmm13`.
     macro_rules! loop12 {
         ($name:ident, $op:literal, $features:literal) => {
+            /// # Safety
+            ///
+            /// The CPU has the instructions of `$features`.
             #[target_feature(enable = $features)]
             pub unsafe fn $name(n: u64) {
-                asm!(
-                    "vxorps zmm12, zmm12, zmm12",
-                    "vxorps zmm13, zmm13, zmm13",
-                    "2:",
-                    concat!($op, " zmm0, zmm12, zmm13"), concat!($op, " zmm1, zmm12, zmm13"),
-                    concat!($op, " zmm2, zmm12, zmm13"), concat!($op, " zmm3, zmm12, zmm13"),
-                    concat!($op, " zmm4, zmm12, zmm13"), concat!($op, " zmm5, zmm12, zmm13"),
-                    concat!($op, " zmm6, zmm12, zmm13"), concat!($op, " zmm7, zmm12, zmm13"),
-                    concat!($op, " zmm8, zmm12, zmm13"), concat!($op, " zmm9, zmm12, zmm13"),
-                    concat!($op, " zmm10, zmm12, zmm13"), concat!($op, " zmm11, zmm12, zmm13"),
-                    "dec {n}",
-                    "jnz 2b",
-                    n = inout(reg) n => _,
-                    out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
-                    out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
-                    out("zmm12") _, out("zmm13") _,
-                    options(nostack),
-                );
+                // SAFETY: the instructions exist (the contract); the loop touches only
+                // the registers it declares, and no memory.
+                unsafe {
+                    asm!(
+                        "vxorps zmm12, zmm12, zmm12",
+                        "vxorps zmm13, zmm13, zmm13",
+                        "2:",
+                        concat!($op, " zmm0, zmm12, zmm13"), concat!($op, " zmm1, zmm12, zmm13"),
+                        concat!($op, " zmm2, zmm12, zmm13"), concat!($op, " zmm3, zmm12, zmm13"),
+                        concat!($op, " zmm4, zmm12, zmm13"), concat!($op, " zmm5, zmm12, zmm13"),
+                        concat!($op, " zmm6, zmm12, zmm13"), concat!($op, " zmm7, zmm12, zmm13"),
+                        concat!($op, " zmm8, zmm12, zmm13"), concat!($op, " zmm9, zmm12, zmm13"),
+                        concat!($op, " zmm10, zmm12, zmm13"), concat!($op, " zmm11, zmm12, zmm13"),
+                        "dec {n}",
+                        "jnz 2b",
+                        n = inout(reg) n => _,
+                        out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
+                        out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+                        out("zmm12") _, out("zmm13") _,
+                        options(nostack),
+                    );
+                }
             }
         };
     }

@@ -1,6 +1,13 @@
 //! koe5-core: KoE5 (and other XLM-R sentence-transformers models) on the CPU, with no
 //! PostgreSQL in sight. Text → tokens → encoder → pooling → normalisation, in batches
 //! under a token budget. The PostgreSQL extension is a thin layer over [`Embedder`].
+//!
+//! Unsafe code (the SIMD kernels, raw output buffers shared between threads, reading
+//! file bytes into f32 buffers) states its contract where it is: every `unsafe fn` has
+//! a `# Safety` section and every `unsafe` block a `SAFETY:` comment, enforced below.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod batch;
 pub mod chunk;

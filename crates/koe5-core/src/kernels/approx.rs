@@ -82,6 +82,8 @@ pub fn exact_erf(x: f64) -> f64 {
     v.copysign(x)
 }
 
+/// `exp_nonpositive` and `gelu` on 16 lanes: safe functions, callable from code compiled
+/// for AVX512F (or, in an `unsafe` block, from code that knows the CPU has it).
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
@@ -91,7 +93,7 @@ pub(crate) mod avx512 {
     /// [`super::exp_nonpositive`] on 16 lanes (rounding by the instruction's own mode).
     #[inline]
     #[target_feature(enable = "avx512f")]
-    pub(crate) unsafe fn exp_neg16(x: __m512) -> __m512 {
+    pub(crate) fn exp_neg16(x: __m512) -> __m512 {
         let x = _mm512_max_ps(x, _mm512_set1_ps(EXP_MIN));
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
             x,
@@ -109,7 +111,7 @@ pub(crate) mod avx512 {
     /// [`super::gelu`] on 16 lanes.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    pub(crate) unsafe fn gelu16(x: __m512) -> __m512 {
+    pub(crate) fn gelu16(x: __m512) -> __m512 {
         let u = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
         let z = _mm512_abs_ps(u);
         let t = _mm512_div_ps(_mm512_set1_ps(1.0), _mm512_fmadd_ps(_mm512_set1_ps(ERF_P), z, _mm512_set1_ps(1.0)));

@@ -24,14 +24,20 @@ pub(crate) mod avx512 {
 
     /// `x` (32 floats at a time) rounded to bf16 pairs in `out`; returns how many pairs
     /// it wrote (the rest, under 16, is the caller's).
+    /// (Safe to call where AVX512F and AVX512-BF16 are enabled; elsewhere the caller
+    /// must know that the CPU has them.)
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(crate) unsafe fn round_pairs(x: &[f32], out: &mut [u32]) -> usize {
+    pub(crate) fn round_pairs(x: &[f32], out: &mut [u32]) -> usize {
         let blocks = (x.len() / 32).min(out.len() / 16);
         for i in 0..blocks {
-            let lo = _mm512_loadu_ps(x.as_ptr().add(32 * i));
-            let hi = _mm512_loadu_ps(x.as_ptr().add(32 * i + 16));
-            let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-            _mm512_storeu_si512(out.as_mut_ptr().add(16 * i).cast(), pairs);
+            // SAFETY: i < blocks, so floats 32·i .. 32·i + 32 lie inside `x` and cells
+            // 16·i .. 16·i + 16 inside `out`; 16 bf16 pairs are the bits of 16 u32.
+            unsafe {
+                let lo = _mm512_loadu_ps(x.as_ptr().add(32 * i));
+                let hi = _mm512_loadu_ps(x.as_ptr().add(32 * i + 16));
+                let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(out.as_mut_ptr().add(16 * i).cast(), pairs);
+            }
         }
         blocks * 16
     }

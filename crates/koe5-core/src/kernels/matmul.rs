@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use super::approx::gelu;
 use super::bf16::{bf16_bits, bf16_to_f32};
 use super::cpu::{has_avx512_bf16, has_avx512f};
+use super::shared_out::SharedOut;
 use crate::precision::Precision;
 
 /// 16-lane vectors of output columns per panel.
@@ -131,6 +132,11 @@ fn pack_rows(x: &[f32], m: usize, k: usize, kp: usize, fast: bool, out: &mut Vec
 /// `kc` steps of one panel, into `cols` columns of `c` (row stride `ldc`); `bias` on the
 /// first pass over the inner dimension (else the sums are added to what `c` holds); on
 /// the last, GELU, or `residual` (same layout as `c`) added.
+///
+/// `a` and `panel` are checked slices; `c` and `residual` are raw because the threads
+/// of one multiply write disjoint columns of one buffer. A tile is *valid* when `c` and
+/// `residual` point at `rows` rows (stride `ldc`) of at least `cols` cells each, inside
+/// their buffers, and no other thread accesses those cells of `c` while it is in use.
 #[derive(Clone, Copy)]
 struct Tile<'a> {
     rows: usize,
@@ -145,12 +151,6 @@ struct Tile<'a> {
     gelu: bool,
     residual: Option<*const f32>,
 }
-
-/// A raw pointer the threads of one multiply share; each writes only its own columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 /// `x · W + bias` for `x` of `m` rows (`m × w.k`, row-major), then the epilogue's GELU,
 /// or `residual` (`m × w.n`) added, into `out` (resized to `m × w.n`), with `scratch`
@@ -186,13 +186,11 @@ pub fn matmul(
     // Every value is written by the first pass over the inner dimension (bias + sums).
     out.clear();
     out.reserve(m * w.n);
-    let ptr = OutPtr(out.as_mut_ptr());
-    let res = residual.map(|r| OutPtr(r.as_ptr().cast_mut()));
+    let shared = SharedOut::new(out);
     let panels = w.n.div_ceil(NR);
     let threads = rayon::current_num_threads().clamp(1, panels.max(1));
     let per = panels.div_ceil(threads);
     (0..threads).into_par_iter().for_each(|t| {
-        let (ptr, res) = (ptr, res);
         let mine = t * per..((t + 1) * per).min(panels);
         for k0 in (0..w.steps).step_by(KC) {
             let kc = KC.min(w.steps - k0);
@@ -208,10 +206,11 @@ pub fn matmul(
                         let arow = (m0 + r) * w.steps + k0;
                         let at = (m0 + r) * w.n + p * NR;
                         // SAFETY: rows m0+r .. m0+r+rows and columns p·NR .. p·NR+cols
-                        // lie inside `out` (and `residual`, of the same shape); no other
-                        // thread writes these columns.
-                        let c = unsafe { ptr.0.add(at) };
-                        let residual = res.filter(|_| last).map(|r| unsafe { r.0.add(at).cast_const() });
+                        // lie inside `out`'s m × n reserved cells; only this thread, which
+                        // owns panels `mine`, writes these columns.
+                        let c = unsafe { shared.at(at) };
+                        // `residual` has the shape of `out`: the same cells, read only.
+                        let tile_residual = residual.filter(|_| last).map(|r| r[at..].as_ptr());
                         let bias = (k0 == 0).then(|| &bias[p * NR..p * NR + cols]);
                         let gelu = epilogue == Epilogue::BiasGelu && last;
                         let tile = Tile {
@@ -225,12 +224,13 @@ pub fn matmul(
                             cols,
                             bias,
                             gelu,
-                            residual,
+                            residual: tile_residual,
                         };
                         if fast {
                             #[cfg(target_arch = "x86_64")]
-                            // SAFETY: the CPU has the instructions (checked above);
-                            // the pointers cover `rows` rows of `kc` steps and the panel.
+                            // SAFETY: the CPU has the instructions (checked above); `a`
+                            // holds `rows` rows of `kc` steps from `arow` on, `panel` `kc`
+                            // lines; the tile is valid (its `c` and `residual` above).
                             unsafe {
                                 if bf16 {
                                     avx512::block_bf16(&tile)
@@ -239,7 +239,8 @@ pub fn matmul(
                                 }
                             };
                         } else {
-                            portable(&tile, bf16);
+                            // SAFETY: the tile is valid (its `c` and `residual` above).
+                            unsafe { portable(&tile, bf16) };
                         }
                         r += rows;
                     }
@@ -252,7 +253,12 @@ pub fn matmul(
 }
 
 /// The same sums as the AVX-512 kernels, one output at a time.
-fn portable(t: &Tile, bf16: bool) {
+///
+/// # Safety
+///
+/// `t` is a valid [`Tile`]: its `c` and `residual` cover its rows and columns, and no
+/// other thread accesses those cells of `c` meanwhile.
+unsafe fn portable(t: &Tile, bf16: bool) {
     let Tile { rows, a, lda, panel, kc, c, ldc, cols, bias, gelu, residual } = *t;
     for r in 0..rows {
         let mut acc = [0f32; NR];
@@ -272,7 +278,8 @@ fn portable(t: &Tile, bf16: bool) {
             }
         }
         for (j, &s) in acc.iter().enumerate().take(cols) {
-            // SAFETY: see `matmul`.
+            // SAFETY: row r < rows, column j < cols: a cell of the valid tile, which this
+            // thread alone accesses (the caller's contract).
             unsafe {
                 let o = c.add(r * ldc + j);
                 let mut v = match bias {
@@ -313,85 +320,124 @@ mod avx512 {
         }};
     }
 
+    /// The tile in bf16 pairs.
+    ///
+    /// # Safety
+    ///
+    /// The CPU has AVX512F and AVX512-BF16; `t` is a valid [`Tile`] whose `a` holds
+    /// `(rows - 1) · lda + kc` cells and whose `panel` holds `kc` lines of `NR`.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn block_bf16(t: &Tile) {
-        by_rows!(kernel_bf16, t)
+        // SAFETY: the kernel's contract is this function's.
+        unsafe { by_rows!(kernel_bf16, t) }
     }
 
+    /// The tile in f32.
+    ///
+    /// # Safety
+    ///
+    /// As for [`block_bf16`], with AVX512F alone.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn block_f32(t: &Tile) {
-        by_rows!(kernel_f32, t)
+        // SAFETY: the kernel's contract is this function's.
+        unsafe { by_rows!(kernel_f32, t) }
     }
 
     /// `R` rows × NR columns in bf16 pairs: R·NV accumulators live in registers for the
     /// whole pass.
+    ///
+    /// # Safety
+    ///
+    /// As for [`block_bf16`], with `t.rows == R`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn kernel_bf16<const R: usize>(t: &Tile) {
         const { assert!(R <= MR) };
-        let (a, b) = (t.a.as_ptr(), t.panel.as_ptr());
-        let mut acc = [[_mm512_setzero_ps(); NV]; R];
-        for pair in 0..t.kc {
-            let line = b.add(pair * NR);
-            let mut w = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); NV];
-            for (v, wv) in w.iter_mut().enumerate() {
-                *wv = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(line.add(16 * v).cast()));
-            }
-            for (r, sums) in acc.iter_mut().enumerate() {
-                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * t.lda + pair) as i32));
-                for (s, &wv) in sums.iter_mut().zip(&w) {
-                    *s = _mm512_dpbf16_ps(*s, av, wv);
+        // SAFETY: the loads read `a` at r·lda + pair < (R - 1)·lda + kc and `panel` at
+        // pair·NR + 16·v + 15 < kc·NR, inside both (the contract); the bits are
+        // reinterpreted between integer and bf16 vectors of the same size; `store`'s
+        // contract is this function's.
+        unsafe {
+            let (a, b) = (t.a.as_ptr(), t.panel.as_ptr());
+            let mut acc = [[_mm512_setzero_ps(); NV]; R];
+            for pair in 0..t.kc {
+                let line = b.add(pair * NR);
+                let mut w = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); NV];
+                for (v, wv) in w.iter_mut().enumerate() {
+                    *wv = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(line.add(16 * v).cast()));
+                }
+                for (r, sums) in acc.iter_mut().enumerate() {
+                    let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * t.lda + pair) as i32));
+                    for (s, &wv) in sums.iter_mut().zip(&w) {
+                        *s = _mm512_dpbf16_ps(*s, av, wv);
+                    }
                 }
             }
+            store(t, &acc);
         }
-        store(t, &acc);
     }
 
     /// `R` rows × NR columns in f32, the same way.
+    ///
+    /// # Safety
+    ///
+    /// As for [`block_f32`], with `t.rows == R`.
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn kernel_f32<const R: usize>(t: &Tile) {
         const { assert!(R <= MR) };
-        let (a, b) = (t.a.as_ptr().cast::<f32>(), t.panel.as_ptr().cast::<f32>());
-        let mut acc = [[_mm512_setzero_ps(); NV]; R];
-        for step in 0..t.kc {
-            let line = b.add(step * NR);
-            let mut w = [_mm512_setzero_ps(); NV];
-            for (v, wv) in w.iter_mut().enumerate() {
-                *wv = _mm512_loadu_ps(line.add(16 * v));
-            }
-            for (r, sums) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(r * t.lda + step));
-                for (s, &wv) in sums.iter_mut().zip(&w) {
-                    *s = _mm512_fmadd_ps(av, wv, *s);
+        // SAFETY: as in `kernel_bf16`: every load lies inside `a` and `panel` (the
+        // contract), and `store`'s contract is this function's.
+        unsafe {
+            let (a, b) = (t.a.as_ptr().cast::<f32>(), t.panel.as_ptr().cast::<f32>());
+            let mut acc = [[_mm512_setzero_ps(); NV]; R];
+            for step in 0..t.kc {
+                let line = b.add(step * NR);
+                let mut w = [_mm512_setzero_ps(); NV];
+                for (v, wv) in w.iter_mut().enumerate() {
+                    *wv = _mm512_loadu_ps(line.add(16 * v));
+                }
+                for (r, sums) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(r * t.lda + step));
+                    for (s, &wv) in sums.iter_mut().zip(&w) {
+                        *s = _mm512_fmadd_ps(av, wv, *s);
+                    }
                 }
             }
+            store(t, &acc);
         }
-        store(t, &acc);
     }
 
     /// Adds the sums to the bias (first pass) or to what `c` holds, applies the last
     /// pass's GELU or residual, and stores the tile's `cols` columns.
+    ///
+    /// # Safety
+    ///
+    /// The CPU has AVX512F; `t` is a valid [`Tile`] of `R` rows.
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn store<const R: usize>(t: &Tile, acc: &[[__m512; NV]; R]) {
-        let masks: [__mmask16; NV] = std::array::from_fn(|v| lane_mask(t.cols.saturating_sub(16 * v)));
-        for (r, sums) in acc.iter().enumerate() {
-            for (h, &s) in sums.iter().enumerate() {
-                let m = masks[h];
-                if m == 0 {
-                    continue;
+        // SAFETY: the masks keep lanes h·16 + l < cols of rows r < R: cells of the valid
+        // tile in `c` and `residual`, and entries of `bias` (its `cols` values).
+        unsafe {
+            let masks: [__mmask16; NV] = std::array::from_fn(|v| lane_mask(t.cols.saturating_sub(16 * v)));
+            for (r, sums) in acc.iter().enumerate() {
+                for (h, &s) in sums.iter().enumerate() {
+                    let m = masks[h];
+                    if m == 0 {
+                        continue;
+                    }
+                    let o = t.c.add(r * t.ldc + h * 16);
+                    let base = match t.bias {
+                        Some(bias) => _mm512_maskz_loadu_ps(m, bias.as_ptr().add(h * 16)),
+                        None => _mm512_maskz_loadu_ps(m, o),
+                    };
+                    let mut v = _mm512_add_ps(base, s);
+                    if let Some(res) = t.residual {
+                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res.add(r * t.ldc + h * 16)));
+                    }
+                    _mm512_mask_storeu_ps(o, m, if t.gelu { gelu16(v) } else { v });
                 }
-                let o = t.c.add(r * t.ldc + h * 16);
-                let base = match t.bias {
-                    Some(bias) => _mm512_maskz_loadu_ps(m, bias.as_ptr().add(h * 16)),
-                    None => _mm512_maskz_loadu_ps(m, o),
-                };
-                let mut v = _mm512_add_ps(base, s);
-                if let Some(res) = t.residual {
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res.add(r * t.ldc + h * 16)));
-                }
-                _mm512_mask_storeu_ps(o, m, if t.gelu { gelu16(v) } else { v });
             }
         }
     }

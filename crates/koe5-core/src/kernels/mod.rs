@@ -6,7 +6,8 @@
 //! - [`layer_norm`]: LayerNorm of each row;
 //! - `bf16`: rounding f32 to bf16 and back;
 //! - `approx`: e^x, erf and GELU, fast in f32, with the exact f64 erf they are held to;
-//! - `cpu`: which instructions this CPU has.
+//! - `cpu`: which instructions this CPU has;
+//! - `shared_out`: the output buffer the threads of one kernel call fill together.
 //!
 //! Every kernel with an AVX-512 path has a portable one that computes the same sums
 //! (equal up to the order of additions); runtime detection picks the path, and nothing
@@ -18,6 +19,7 @@ mod bf16;
 mod cpu;
 mod layer_norm;
 mod matmul;
+mod shared_out;
 
 pub(crate) use approx::gelu_tanh;
 pub use approx::{exact_erf, exp_nonpositive, gelu};
