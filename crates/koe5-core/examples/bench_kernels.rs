@@ -7,7 +7,8 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use koe5_core::kernels::{self, Epilogue, Format, Packed};
+use koe5_core::kernels::{self, Epilogue, Packed};
+use koe5_core::Precision;
 
 fn best_of(n: usize, mut f: impl FnMut()) -> f64 {
     (0..n)
@@ -28,8 +29,10 @@ fn peak() -> serde_json::Value {
     if kernels::has_avx512_bf16() {
         let n = 50_000_000u64;
         let time = |f: unsafe fn(u64)| {
+            // SAFETY: the loops need AVX512F and AVX512-BF16, which this CPU has (above).
             unsafe { f(1_000_000) };
             let t = Instant::now();
+            // SAFETY: as above.
             unsafe { f(n) };
             t.elapsed().as_secs_f64()
         };
@@ -47,26 +50,33 @@ mod peak_loops {
     /// `n` rounds of 12 independent `OP zmm_i, zmm12, zmm13`.
     macro_rules! loop12 {
         ($name:ident, $op:literal, $features:literal) => {
+            /// # Safety
+            ///
+            /// The CPU has the instructions of `$features`.
             #[target_feature(enable = $features)]
             pub unsafe fn $name(n: u64) {
-                asm!(
-                    "vxorps zmm12, zmm12, zmm12",
-                    "vxorps zmm13, zmm13, zmm13",
-                    "2:",
-                    concat!($op, " zmm0, zmm12, zmm13"), concat!($op, " zmm1, zmm12, zmm13"),
-                    concat!($op, " zmm2, zmm12, zmm13"), concat!($op, " zmm3, zmm12, zmm13"),
-                    concat!($op, " zmm4, zmm12, zmm13"), concat!($op, " zmm5, zmm12, zmm13"),
-                    concat!($op, " zmm6, zmm12, zmm13"), concat!($op, " zmm7, zmm12, zmm13"),
-                    concat!($op, " zmm8, zmm12, zmm13"), concat!($op, " zmm9, zmm12, zmm13"),
-                    concat!($op, " zmm10, zmm12, zmm13"), concat!($op, " zmm11, zmm12, zmm13"),
-                    "dec {n}",
-                    "jnz 2b",
-                    n = inout(reg) n => _,
-                    out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
-                    out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
-                    out("zmm12") _, out("zmm13") _,
-                    options(nostack),
-                );
+                // SAFETY: the instructions exist (the contract); the loop touches only
+                // the registers it declares, and no memory.
+                unsafe {
+                    asm!(
+                        "vxorps zmm12, zmm12, zmm12",
+                        "vxorps zmm13, zmm13, zmm13",
+                        "2:",
+                        concat!($op, " zmm0, zmm12, zmm13"), concat!($op, " zmm1, zmm12, zmm13"),
+                        concat!($op, " zmm2, zmm12, zmm13"), concat!($op, " zmm3, zmm12, zmm13"),
+                        concat!($op, " zmm4, zmm12, zmm13"), concat!($op, " zmm5, zmm12, zmm13"),
+                        concat!($op, " zmm6, zmm12, zmm13"), concat!($op, " zmm7, zmm12, zmm13"),
+                        concat!($op, " zmm8, zmm12, zmm13"), concat!($op, " zmm9, zmm12, zmm13"),
+                        concat!($op, " zmm10, zmm12, zmm13"), concat!($op, " zmm11, zmm12, zmm13"),
+                        "dec {n}",
+                        "jnz 2b",
+                        n = inout(reg) n => _,
+                        out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
+                        out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+                        out("zmm12") _, out("zmm13") _,
+                        options(nostack),
+                    );
+                }
             }
         };
     }
@@ -90,8 +100,8 @@ fn main() {
             let w: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
             let bias = vec![0.1f32; n];
             let flop = 2.0 * (m * k * n) as f64;
-            let packed = Packed::pack(&w, k, n, Format::Bf16).expect("memory for the packed weight");
-            let packed32 = Packed::pack(&w, k, n, Format::F32).expect("memory for the packed weight");
+            let packed = Packed::pack(&w, k, n, Precision::Bf16).expect("memory for the packed weight");
+            let packed32 = Packed::pack(&w, k, n, Precision::F32).expect("memory for the packed weight");
             let reps = if m <= 16 { 50 } else { 5 };
             // Output and scratch buffers reused, as the encoder does.
             let (mut dst, mut scratch) = (Vec::new(), Vec::new());

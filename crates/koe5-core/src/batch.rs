@@ -1,5 +1,16 @@
 //! Grouping inputs into batches under a token budget.
 
+/// Tokens per forward pass (texts packed back to back, no padding). A forward pass
+/// holds its activations once, in buffers every layer reuses: `budget × 10 × hidden`
+/// f32 values (the layer's input, Q/K/V, attention's output, its normalised sum, the
+/// FFN's expansion) and a bf16 copy of the widest input, about 96 MiB for KoE5;
+/// attention keeps only a few rows of scores per task. The largest step between two
+/// interrupt checks (the FFN expansion of one batch) is then about 17 GFLOP: a cancel
+/// landed within 0.052 s at KoE5's size on 2 cores (stress/run.sh measures it).
+pub const DEFAULT_TOKEN_BUDGET: usize = 2048;
+/// Inputs per forward pass at most.
+pub const DEFAULT_MAX_BATCH: usize = 32;
+
 /// Splits inputs into batches. Inputs are sorted by length (longest first); a batch
 /// holds at most `max_batch` inputs and at most `token_budget` tokens (a single input
 /// longer than the budget gets a batch of its own). The encoder packs a batch's inputs

@@ -180,6 +180,55 @@ impl Plan<'_> {
             _ => target,
         }
     }
+
+    /// The chunk that starts at `start` (before `next` when it overlaps the previous
+    /// chunk) and ends past `next`, as long as fits. A chunk that does not fit when
+    /// tokenized on its own is cut shorter, by its excess in planned tokens, until it
+    /// fits; an overlap that leaves no room is dropped.
+    fn fit_chunk(
+        &mut self,
+        limits: &Limits,
+        mut start: usize,
+        next: usize,
+        interrupt: &mut dyn FnMut(),
+    ) -> Result<Chunk> {
+        let doc = self.doc;
+        let mut limit = self.reach(start, limits.budget, interrupt)?;
+        loop {
+            let Some(cut) = self.cut(next, limit) else {
+                if start < next {
+                    start = next;
+                    limit = self.reach(start, limits.budget, interrupt)?;
+                    continue;
+                }
+                let c = doc[start..].chars().next().expect("a chunk starts on a character");
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("max_tokens {} is too small for the character {c:?} at byte {start}", limits.max),
+                )
+                .with_detail("The model needs more tokens for that character alone than max_tokens allows.")
+                .with_hint("Raise max_tokens."));
+            };
+            let end = start + doc[start..cut].trim_end_matches(is_py_space).len();
+            let n_tokens = self.tok.count(limits.kind, &doc[start..end], interrupt)?;
+            if n_tokens <= limits.max {
+                return Ok(Chunk { start, end, n_tokens });
+            }
+            // Shorter by the excess in planned tokens, and by a character at least;
+            // an overlap that leaves no room past `next` goes first.
+            let fewer = self.tokens(start, end).saturating_sub(n_tokens - limits.max);
+            let shorter = if fewer > 0 { self.reach(start, fewer, interrupt)? } else { start };
+            let one_char_less = doc.floor_char_boundary(end - 1);
+            limit = if shorter > next {
+                shorter.min(one_char_less)
+            } else if start < next {
+                start = next;
+                self.reach(start, limits.budget, interrupt)?
+            } else {
+                one_char_less
+            };
+        }
+    }
 }
 
 /// What bounds each chunk.
@@ -193,124 +242,72 @@ struct Limits {
     most_overlap: usize,
 }
 
-impl TextTokenizer {
-    /// Splits `doc` into chunks of at most `max_tokens` tokens each, counted as the model
-    /// sees the chunk: with the `kind` prefix, `<s>` and `</s>`. `max_tokens` above the
-    /// model's maximum is lowered to it. With `overlap_tokens > 0`, each chunk after the
-    /// first starts early enough to repeat about that many tokens of the previous one
-    /// (at least that many where the previous chunk has them), at a word start where
-    /// there is one. Chunks exclude leading and trailing whitespace; an empty or blank
-    /// document has none. A sentence ends at `. ? ! 。 ？ ！ …` before whitespace.
-    /// `interrupt` runs between pieces of tokenization and between chunks.
-    ///
-    /// Fails with [`ErrorKind::InvalidInput`] when `max_tokens` leaves no room for text
-    /// besides the prefix and special tokens, when `overlap_tokens` is not less than half
-    /// of that room, or when a single character needs more tokens than a chunk holds
-    /// (possible only with a `max_tokens` of a few tokens).
-    pub fn chunks(
-        &self,
-        kind: Kind,
-        doc: &str,
-        max_tokens: usize,
-        overlap_tokens: usize,
-        interrupt: &mut dyn FnMut(),
-    ) -> Result<Vec<Chunk>> {
-        let max = max_tokens.min(self.max_tokens());
-        let overhead = self.count(kind, "", interrupt)?;
-        if max <= overhead {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!("max_tokens must be at least {} for this model", overhead + 1),
-            )
-            .with_detail(format!(
-                "The prefix \"{}\" and the special tokens <s> and </s> take {overhead} tokens of every chunk.",
-                kind.prefix()
-            )));
-        }
-        let budget = max - overhead;
-        if overlap_tokens.saturating_mul(2) >= budget {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!("overlap_tokens must be at most {} when max_tokens is {max}", (budget - 1) / 2),
-            )
-            .with_detail(format!(
-                "The overlap must be less than half of the {budget} text tokens a chunk holds besides the \
-                 prefix and the special tokens."
-            )));
-        }
-
-        let lo = skip_space(doc, 0);
-        let end = doc.trim_end_matches(is_py_space).len().max(lo);
-        let mut plan = Plan { tok: self, doc, end, tokenized: lo, anchors: VecDeque::new() };
-        let limits = Limits { kind, max, budget, most_overlap: (2 * overlap_tokens).min(budget / 2) };
-        let mut chunks = Vec::new();
-        let (mut start, mut next) = (lo, lo);
-        while next < end {
-            interrupt();
-            while plan.anchors.front().is_some_and(|&a| a < start) {
-                plan.anchors.pop_front();
-            }
-            let chunk = self.fit_chunk(&mut plan, &limits, start, next, interrupt)?;
-            next = skip_space(doc, chunk.end);
-            start = if overlap_tokens > 0 {
-                plan.overlap_start(&chunk, overlap_tokens, limits.most_overlap, next)
-            } else {
-                next
-            };
-            chunks.push(chunk);
-        }
-        Ok(chunks)
+/// Splits `doc` into chunks of at most `max_tokens` tokens each, counted as the model
+/// sees the chunk: with the `kind` prefix, `<s>` and `</s>`. `max_tokens` above the
+/// model's maximum is lowered to it. With `overlap_tokens > 0`, each chunk after the
+/// first starts early enough to repeat about that many tokens of the previous one
+/// (at least that many where the previous chunk has them), at a word start where
+/// there is one. Chunks exclude leading and trailing whitespace; an empty or blank
+/// document has none. A sentence ends at `. ? ! 。 ？ ！ …` before whitespace.
+/// `interrupt` runs between pieces of tokenization and between chunks.
+///
+/// Fails with [`ErrorKind::InvalidInput`] when `max_tokens` leaves no room for text
+/// besides the prefix and special tokens, when `overlap_tokens` is not less than half
+/// of that room, or when a single character needs more tokens than a chunk holds
+/// (possible only with a `max_tokens` of a few tokens).
+pub fn chunks(
+    tok: &TextTokenizer,
+    kind: Kind,
+    doc: &str,
+    max_tokens: usize,
+    overlap_tokens: usize,
+    interrupt: &mut dyn FnMut(),
+) -> Result<Vec<Chunk>> {
+    let max = max_tokens.min(tok.max_tokens());
+    let overhead = tok.count(kind, "", interrupt)?;
+    if max <= overhead {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("max_tokens must be at least {} for this model", overhead + 1),
+        )
+        .with_detail(format!(
+            "The prefix \"{}\" and the special tokens <s> and </s> take {overhead} tokens of every chunk.",
+            kind.prefix()
+        )));
+    }
+    let budget = max - overhead;
+    if overlap_tokens.saturating_mul(2) >= budget {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("overlap_tokens must be at most {} when max_tokens is {max}", (budget - 1) / 2),
+        )
+        .with_detail(format!(
+            "The overlap must be less than half of the {budget} text tokens a chunk holds besides the \
+             prefix and the special tokens."
+        )));
     }
 
-    /// The chunk that starts at `start` (before `next` when it overlaps the previous
-    /// chunk) and ends past `next`, as long as fits. A chunk that does not fit when
-    /// tokenized on its own is cut shorter, by its excess in planned tokens, until it
-    /// fits; an overlap that leaves no room is dropped.
-    fn fit_chunk(
-        &self,
-        plan: &mut Plan,
-        limits: &Limits,
-        mut start: usize,
-        next: usize,
-        interrupt: &mut dyn FnMut(),
-    ) -> Result<Chunk> {
-        let doc = plan.doc;
-        let mut limit = plan.reach(start, limits.budget, interrupt)?;
-        loop {
-            let Some(cut) = plan.cut(next, limit) else {
-                if start < next {
-                    start = next;
-                    limit = plan.reach(start, limits.budget, interrupt)?;
-                    continue;
-                }
-                let c = doc[start..].chars().next().expect("a chunk starts on a character");
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    format!("max_tokens {} is too small for the character {c:?} at byte {start}", limits.max),
-                )
-                .with_detail("The model needs more tokens for that character alone than max_tokens allows.")
-                .with_hint("Raise max_tokens."));
-            };
-            let end = start + doc[start..cut].trim_end_matches(is_py_space).len();
-            let n_tokens = self.count(limits.kind, &doc[start..end], interrupt)?;
-            if n_tokens <= limits.max {
-                return Ok(Chunk { start, end, n_tokens });
-            }
-            // Shorter by the excess in planned tokens, and by a character at least;
-            // an overlap that leaves no room past `next` goes first.
-            let fewer = plan.tokens(start, end).saturating_sub(n_tokens - limits.max);
-            let shorter = if fewer > 0 { plan.reach(start, fewer, interrupt)? } else { start };
-            let one_char_less = doc.floor_char_boundary(end - 1);
-            limit = if shorter > next {
-                shorter.min(one_char_less)
-            } else if start < next {
-                start = next;
-                plan.reach(start, limits.budget, interrupt)?
-            } else {
-                one_char_less
-            };
+    let lo = skip_space(doc, 0);
+    let end = doc.trim_end_matches(is_py_space).len().max(lo);
+    let mut plan = Plan { tok, doc, end, tokenized: lo, anchors: VecDeque::new() };
+    let limits = Limits { kind, max, budget, most_overlap: (2 * overlap_tokens).min(budget / 2) };
+    let mut chunks = Vec::new();
+    let (mut start, mut next) = (lo, lo);
+    while next < end {
+        interrupt();
+        while plan.anchors.front().is_some_and(|&a| a < start) {
+            plan.anchors.pop_front();
         }
+        let chunk = plan.fit_chunk(&limits, start, next, interrupt)?;
+        next = skip_space(doc, chunk.end);
+        start = if overlap_tokens > 0 {
+            plan.overlap_start(&chunk, overlap_tokens, limits.most_overlap, next)
+        } else {
+            next
+        };
+        chunks.push(chunk);
     }
+    Ok(chunks)
 }
 
 #[cfg(test)]
@@ -329,7 +326,7 @@ mod tests {
     }
 
     fn chunks(t: &TextTokenizer, doc: &str, max: usize, overlap: usize) -> Vec<Chunk> {
-        t.chunks(Kind::Passage, doc, max, overlap, &mut || {}).unwrap()
+        super::chunks(t, Kind::Passage, doc, max, overlap, &mut || {}).unwrap()
     }
 
     fn without_space(s: &str) -> String {
@@ -437,7 +434,7 @@ mod tests {
     fn too_small_max_tokens_is_refused() {
         let t = tokenizer();
         let overhead = t.count(Kind::Passage, "", &mut || {}).unwrap();
-        let err = t.chunks(Kind::Passage, "가나다", overhead, 0, &mut || {}).unwrap_err();
+        let err = super::chunks(&t, Kind::Passage, "가나다", overhead, 0, &mut || {}).unwrap_err();
         assert_eq!(err.kind, ErrorKind::InvalidInput);
         assert_eq!(err.message, format!("max_tokens must be at least {} for this model", overhead + 1));
         // One text token per chunk is enough where single characters are single tokens…
@@ -446,7 +443,7 @@ mod tests {
         let texts: Vec<&str> = cs.iter().map(|c| &doc[c.start..c.end]).collect();
         assert_eq!(texts, ["the", "people", "of", "the", "re", "public"]);
         // …but "은" on its own is "▁" and "은": no chunk can hold it.
-        let err = t.chunks(Kind::Passage, "대한민국은", overhead + 1, 0, &mut || {}).unwrap_err();
+        let err = super::chunks(&t, Kind::Passage, "대한민국은", overhead + 1, 0, &mut || {}).unwrap_err();
         assert_eq!(err.kind, ErrorKind::InvalidInput);
         assert!(err.message.contains("too small for the character '은'"), "{}", err.message);
     }
@@ -456,7 +453,7 @@ mod tests {
         let t = tokenizer();
         let overhead = t.count(Kind::Passage, "", &mut || {}).unwrap();
         let budget = 64 - overhead;
-        let err = t.chunks(Kind::Passage, "가나다", 64, budget / 2, &mut || {}).unwrap_err();
+        let err = super::chunks(&t, Kind::Passage, "가나다", 64, budget / 2, &mut || {}).unwrap_err();
         assert_eq!(err.kind, ErrorKind::InvalidInput);
         assert!(err.message.starts_with("overlap_tokens must be at most"), "{}", err.message);
         checked_chunks(&t, &korean("constitution.txt"), 64, (budget - 1) / 2);
@@ -500,7 +497,7 @@ mod tests {
         let t = tokenizer();
         let doc = korean("constitution.txt");
         let mut calls = 0;
-        let cs = t.chunks(Kind::Passage, &doc, 128, 0, &mut || calls += 1).unwrap();
+        let cs = super::chunks(&t, Kind::Passage, &doc, 128, 0, &mut || calls += 1).unwrap();
         assert!(calls >= cs.len());
     }
 

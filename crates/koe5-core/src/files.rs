@@ -12,11 +12,15 @@
 //!   lead the server to its own files (their SHA-256, size or first bytes would be
 //!   reported back). A Hugging Face cache snapshot (`models--owner--name/snapshots/REV`)
 //!   may link into its repository's `blobs/`, as the cache is laid out.
+//!
+//! It also says which file a path names now ([`file_stamp`]) and what a file holds
+//! ([`sha256_file`]), so a model can tell that its files changed.
 
 use std::fs::{File, Metadata};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -148,6 +152,33 @@ pub fn read(dir: &Path, path: &Path, cap: u64) -> Result<Vec<u8>> {
 /// Whether `path` names something (file, directory, link, anything), without opening it.
 pub fn present(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
+}
+
+/// Which file a path names (device, inode), with its size and modification time:
+/// enough to notice that it was rewritten in place or replaced by a rename.
+pub type FileStamp = (u64, u64, u64, SystemTime);
+
+pub fn file_stamp(path: &Path) -> Result<FileStamp> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    Ok((meta.dev(), meta.ino(), meta.len(), meta.modified().map_err(|e| Error::io(path, e))?))
+}
+
+/// SHA-256 of a model file, hex-encoded, read in 1 MiB pieces (opened by [`open`], as a
+/// file of the directory that holds it); `interrupt` runs between pieces.
+pub fn sha256_file(path: &Path, interrupt: &mut dyn FnMut()) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let (mut f, _) = open(path.parent().unwrap_or(Path::new("/")), path, u64::MAX)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        interrupt();
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]

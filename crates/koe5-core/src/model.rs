@@ -1,9 +1,9 @@
 //! The XLM-RoBERTa encoder. Weights are read through candle's `VarBuilder`, with
 //! names that mirror Hugging Face's module tree (`embeddings`,
 //! `encoder.layer.N.attention.self`, …), i.e. the safetensors keys; the forward pass is
-//! koe5's own, on plain f32 buffers: packed dense layers with fused epilogues
-//! ([`kernels`]), attention and LayerNorm ([`ops`]). It returns the last hidden state;
-//! pooling is the caller's job. Between steps it calls the caller's interrupt hook,
+//! koe5's own, on plain f32 buffers: packed dense layers with fused epilogues,
+//! attention and LayerNorm ([`kernels`]). It returns the last hidden state; pooling is
+//! the caller's job. Between steps it calls the caller's interrupt hook,
 //! which is how PostgreSQL's cancel and statement_timeout reach a long batch.
 
 use candle_core::{Storage, Tensor};
@@ -12,9 +12,8 @@ use rayon::prelude::*;
 
 use crate::config::{Activation, Architecture, EncoderConfig};
 use crate::error::{Error, ErrorKind, Result};
-use crate::kernels::{self, Epilogue, Format, Packed};
-use crate::ops::{self, Attention};
-use crate::Precision;
+use crate::kernels::{self, Attention, Epilogue, Packed};
+use crate::precision::Precision;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -45,15 +44,14 @@ enum Weights {
 impl Dense {
     /// `w` is `k × n` row-major (transposed already).
     fn new(w: &[f32], bias: Vec<f32>, k: usize, n: usize, precision: Precision) -> CResult<Dense> {
-        let format = Format::from(precision);
-        let oom = || candle_core::Error::Msg(format!("out of memory for a {k}×{n} weight ({format:?})"));
-        let weights = if format == Format::F32 && !kernels::has_fast_path(Format::F32) {
+        let oom = || candle_core::Error::Msg(format!("out of memory for a {k}×{n} weight ({precision:?})"));
+        let weights = if precision == Precision::F32 && !kernels::has_fast_path(Precision::F32) {
             let mut v = Vec::new();
             v.try_reserve_exact(w.len()).map_err(|_| oom())?;
             v.extend_from_slice(w);
             Weights::Gemm { w: v, k, n }
         } else {
-            Weights::Packed(Packed::pack(w, k, n, format).ok_or_else(oom)?)
+            Weights::Packed(Packed::pack(w, k, n, precision).ok_or_else(oom)?)
         };
         Ok(Dense { weights, bias })
     }
@@ -167,7 +165,7 @@ impl Norm {
     }
 
     fn forward(&self, x: &mut [f32]) {
-        ops::layer_norm(x, &self.gamma, &self.beta, self.eps, true)
+        kernels::layer_norm(x, &self.gamma, &self.beta, self.eps, true)
     }
 }
 
@@ -294,7 +292,7 @@ impl Layer {
         self.qkv.forward(x, m, Epilogue::Bias, None, qkv, scratch)?;
         interrupt();
         let att = Attention { qkv, lens, heads: self.heads, head_dim: self.head_dim };
-        ops::attention(&att, true, ctx);
+        kernels::attention(&att, true, ctx);
         self.attn_out.forward(ctx, m, Epilogue::Bias, Some(x), attn, scratch)?;
         self.attn_norm.forward(attn);
         interrupt();
@@ -302,7 +300,7 @@ impl Layer {
             Activation::GeluErf => self.inter.forward(attn, m, Epilogue::BiasGelu, None, inter, scratch)?,
             Activation::GeluTanh => {
                 self.inter.forward(attn, m, Epilogue::Bias, None, inter, scratch)?;
-                inter.par_iter_mut().for_each(|x| *x = gelu_tanh(*x));
+                inter.par_iter_mut().for_each(|x| *x = kernels::gelu_tanh(*x));
             }
         }
         interrupt();
@@ -345,11 +343,6 @@ impl Work {
             scratch: buf(if bf16 { rows * inter.max(hidden).div_ceil(2) } else { 0 })?,
         })
     }
-}
-
-/// GELU's tanh approximation, as `gelu_new` and `gelu_pytorch_tanh` define it.
-fn gelu_tanh(x: f32) -> f32 {
-    0.5 * x * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (x + 0.044_715 * x * x * x)).tanh())
 }
 
 pub struct Encoder {
@@ -426,7 +419,7 @@ mod tests {
         let res: Vec<f32> = (0..m * n).map(|i| val(i, 3)).collect();
         let bias: Vec<f32> = (0..n).map(|i| val(i, 4)).collect();
         let packed =
-            Dense { weights: Weights::Packed(Packed::pack(&w, k, n, Format::F32).unwrap()), bias: bias.clone() };
+            Dense { weights: Weights::Packed(Packed::pack(&w, k, n, Precision::F32).unwrap()), bias: bias.clone() };
         let gemm = Dense { weights: Weights::Gemm { w: w.clone(), k, n }, bias };
         for (epilogue, residual) in
             [(Epilogue::Bias, None), (Epilogue::BiasGelu, None), (Epilogue::Bias, Some(&res[..]))]
@@ -455,7 +448,8 @@ mod wide_tests {
     use candle_core::{DType, Device};
 
     use super::*;
-    use crate::test_util::{exact_erf, values};
+    use crate::kernels::exact_erf;
+    use crate::test_util::values;
 
     const H: usize = 128;
     const HEADS: usize = 2;
@@ -626,7 +620,7 @@ mod wide_tests {
                 start += seq.len();
             }
             // Each sequence alone gives the same numbers, to the bit, on the packed kernels.
-            if kernels::has_fast_path(precision.into()) {
+            if kernels::has_fast_path(precision) {
                 let mut start = 0;
                 for seq in &seqs {
                     let alone = enc.forward(seq, &[seq.len()], &mut || {}).unwrap();

@@ -355,7 +355,8 @@ impl TextTokenizer {
     }
 
     /// Token ids without truncation or bounding: the plain reference pipeline, for tests.
-    pub fn encode_unbounded(&self, kind: Kind, text: &str) -> Result<Vec<u32>> {
+    #[cfg(test)]
+    fn encode_unbounded(&self, kind: Kind, text: &str) -> Result<Vec<u32>> {
         Ok(self.wrap(self.content(&self.prepare(kind, text))?))
     }
 

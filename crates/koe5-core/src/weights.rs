@@ -223,7 +223,7 @@ mod tests {
         let whole = read(&fixture).unwrap();
         assert!(whole.tensors.len() > 10);
         // The SHA-256 of what was read is the file's.
-        assert_eq!(whole.sha256, crate::sha256_file(&fixture, &mut || {}).unwrap());
+        assert_eq!(whole.sha256, crate::files::sha256_file(&fixture, &mut || {}).unwrap());
         let dir = std::env::temp_dir().join(format!("koe5-weights-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cut = dir.join("model.safetensors");

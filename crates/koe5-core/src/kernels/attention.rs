@@ -1,13 +1,13 @@
-//! The encoder's work besides the dense layers, on plain row-major f32 buffers:
-//! self-attention (scores, softmax, weighted sum of values, one task per sequence and
-//! head, over the sequence's real tokens only) and LayerNorm. Attention has an AVX-512
-//! path (where the CPU has AVX512F) and a portable one; they sum in different orders
-//! (lanes, fused multiply-adds), so they agree to f32 rounding. LayerNorm has one
-//! body, compiled for both.
+//! Self-attention over sequences packed back to back: scores, softmax, weighted sum of
+//! values, one task per sequence and head, over the sequence's real tokens only. An
+//! AVX-512 path (where the CPU has AVX512F) and a portable one sum in different orders
+//! (lanes, fused multiply-adds), so they agree to f32 rounding.
 
 use rayon::prelude::*;
 
-use crate::kernels::exp_nonpositive;
+use super::approx::exp_nonpositive;
+use super::cpu::has_avx512f;
+use super::shared_out::SharedOut;
 
 /// What one attention call works on: sequences packed back to back, no padding:
 /// sequence `b` is `lens[b]` rows, starting where the one before it ends; each row of
@@ -26,12 +26,6 @@ const QR: usize = 4;
 /// Lanes per chunk of keys or of a head's dimensions.
 const L: usize = 16;
 
-/// A pointer the tasks of one call share; each writes only its own (rows, head) cells.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
 /// Softmax(Q·Kᵀ/√d)·V for every sequence and head, each sequence attending to itself
 /// only, into `out`, resized to `rows × (heads·head_dim)`, rows as in `qkv` (an encoder
 /// reuses the buffer from layer to layer).
@@ -42,35 +36,35 @@ pub fn attention(a: &Attention, fast: bool, out: &mut Vec<f32>) {
     let starts: Vec<usize> = a.lens.iter().scan(0, |at, &len| Some(std::mem::replace(at, *at + len))).collect();
     out.clear();
     out.reserve(rows * hidden);
-    let ptr = Out(out.as_mut_ptr());
-    let fast = fast && crate::kernels::has_avx512f();
+    let shared = SharedOut::new(out);
+    let fast = fast && has_avx512f();
     (0..a.lens.len() * a.heads).into_par_iter().for_each(|task| {
-        // Moves the whole wrapper (which is Send) into the task, not just its raw
-        // pointer field, as a closure would capture it.
-        #[allow(clippy::redundant_locals)]
-        let ptr = ptr;
         let (b, h) = (task / a.heads, task % a.heads);
         let (start, len) = (starts[b], a.lens[b]);
         if len == 0 {
             return;
         }
         let rows = &a.qkv[start * 3 * hidden..(start + len) * 3 * hidden];
-        // SAFETY: this task alone writes rows start .. start+len, columns h·d .. (h+1)·d.
-        let out = unsafe { ptr.0.add(start * hidden + h * a.head_dim) };
+        // SAFETY: rows start .. start+len lie inside `out`'s rows × hidden reserved cells,
+        // and this task alone writes their columns h·d .. (h+1)·d.
+        let out = unsafe { shared.at(start * hidden + h * a.head_dim) };
         let job = Head { rows, stride: 3 * hidden, hidden, h, d: a.head_dim, len, out, ldo: hidden };
         #[cfg(target_arch = "x86_64")]
         if fast {
-            // SAFETY: the CPU has AVX512F (checked above).
+            // SAFETY: the CPU has AVX512F (checked above); `job.out` is this task's (above).
             unsafe { head_avx512(&job) };
             return;
         }
-        head_portable(&job);
+        // SAFETY: `job.out` is this task's (above).
+        unsafe { head_portable(&job) };
     });
     // SAFETY: every (sequence, head) task wrote all its rows' outputs.
     unsafe { out.set_len(rows * hidden) };
 }
 
-/// One sequence's one head.
+/// One sequence's one head: `len` rows of `rows` (stride `stride`) in, into `out`. The
+/// job is *valid* when `out` points at `len` rows (stride `ldo`) of `d` cells inside the
+/// output buffer, which no other thread accesses while the job runs.
 struct Head<'a> {
     rows: &'a [f32],
     stride: usize,
@@ -82,31 +76,51 @@ struct Head<'a> {
     ldo: usize,
 }
 
+/// # Safety
+///
+/// The CPU has AVX512F, and `job` is valid.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn head_avx512(job: &Head) {
-    head::<true>(job)
+    // SAFETY: this function's contract is `head::<true>`'s.
+    unsafe { head::<true>(job) }
 }
 
 /// The portable loops compiled for AVX2 and FMA (where the CPU has them but not
 /// AVX512F): the compiler vectorizes their 16-lane arrays into 256-bit registers.
+///
+/// # Safety
+///
+/// The CPU has AVX2 and FMA, and `job` is valid.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn head_avx2(job: &Head) {
-    head::<false>(job)
+    // SAFETY: `job` is valid (the contract).
+    unsafe { head::<false>(job) }
 }
 
-fn head_portable(job: &Head) {
+/// The portable loops, for AVX2 where the CPU has it.
+///
+/// # Safety
+///
+/// `job` is valid.
+unsafe fn head_portable(job: &Head) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has both (checked just now).
+        // SAFETY: the CPU has both (checked just now); `job` is valid (the contract).
         return unsafe { head_avx2(job) };
     }
-    head::<false>(job)
+    // SAFETY: `job` is valid (the contract).
+    unsafe { head::<false>(job) }
 }
 
+/// Attention for one job, on AVX-512 registers when `FAST`.
+///
+/// # Safety
+///
+/// `job` is valid; with `FAST`, the CPU has AVX512F.
 #[inline(always)]
-fn head<const FAST: bool>(job: &Head) {
+unsafe fn head<const FAST: bool>(job: &Head) {
     let &Head { rows, stride, hidden, h, d, len, out, ldo } = job;
     let (qo, ko, vo) = (h * d, hidden + h * d, 2 * hidden + h * d);
     // Keys transposed (d × lp) and values (len × dp), zero-padded to whole chunks.
@@ -134,7 +148,7 @@ fn head<const FAST: bool>(job: &Head) {
         for j0 in (0..lp).step_by(L) {
             #[cfg(target_arch = "x86_64")]
             if FAST {
-                // SAFETY: reached only from `head_avx512`; kt holds d rows of lp ≥ j0 + L.
+                // SAFETY: the CPU has AVX512F (FAST's contract); kt holds d rows of lp ≥ j0 + L.
                 unsafe { avx512::scores(&q, &kt[j0..], lp, &mut acc) };
             }
             if !FAST {
@@ -150,7 +164,7 @@ fn head<const FAST: bool>(job: &Head) {
             let s = &mut p[r * lp..r * lp + len];
             #[cfg(target_arch = "x86_64")]
             if FAST {
-                // SAFETY: reached only from `head_avx512`.
+                // SAFETY: the CPU has AVX512F (FAST's contract).
                 sums[r] = unsafe { avx512::softmax_unnormalized(s, scale) };
             }
             if !FAST {
@@ -161,7 +175,8 @@ fn head<const FAST: bool>(job: &Head) {
         for c0 in (0..dp).step_by(L) {
             #[cfg(target_arch = "x86_64")]
             if FAST {
-                // SAFETY: reached only from `head_avx512`; v holds len rows of dp ≥ c0 + L.
+                // SAFETY: the CPU has AVX512F (FAST's contract); p holds QR rows of lp ≥
+                // len, v holds len rows of dp ≥ c0 + L.
                 unsafe { avx512::weighted(&p, lp, &v[c0..], dp, len, &mut acc) };
             }
             if !FAST {
@@ -171,7 +186,7 @@ fn head<const FAST: bool>(job: &Head) {
                 let inv = 1.0 / sums[r];
                 #[allow(clippy::needless_range_loop)] // l indexes acc and the output alike
                 for l in 0..L.min(d - c0) {
-                    // SAFETY: row i0+r < len and column c0+l < d of this task's cells.
+                    // SAFETY: row i0+r < len and column c0+l < d: a cell of the valid job.
                     unsafe { *out.add((i0 + r) * ldo + c0 + l) = acc[r][l] * inv };
                 }
             }
@@ -231,23 +246,34 @@ mod avx512 {
 
     use super::{L, QR};
 
+    /// # Safety
+    ///
+    /// The CPU has AVX512F; every `q[r]` holds `d = q[0].len() > 0` values and `kt`
+    /// at least `(d - 1)·lp + L`.
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub unsafe fn scores(q: &[&[f32]; QR], kt: &[f32], lp: usize, acc: &mut [[f32; L]; QR]) {
         let d = q[0].len();
         debug_assert!(kt.len() >= (d - 1) * lp + L);
-        let mut sum = [_mm512_setzero_ps(); QR];
-        for t in 0..d {
-            let k = _mm512_loadu_ps(kt.as_ptr().add(t * lp));
-            for r in 0..QR {
-                sum[r] = _mm512_fmadd_ps(_mm512_set1_ps(*q[r].get_unchecked(t)), k, sum[r]);
+        // SAFETY: loads of kt at t·lp .. t·lp + L and q[r][t], t < d: inside both (the
+        // contract).
+        unsafe {
+            let mut sum = [_mm512_setzero_ps(); QR];
+            for t in 0..d {
+                let k = _mm512_loadu_ps(kt.as_ptr().add(t * lp));
+                for r in 0..QR {
+                    sum[r] = _mm512_fmadd_ps(_mm512_set1_ps(*q[r].get_unchecked(t)), k, sum[r]);
+                }
             }
-        }
-        for r in 0..QR {
-            _mm512_storeu_ps(acc[r].as_mut_ptr(), sum[r]);
+            for r in 0..QR {
+                _mm512_storeu_ps(acc[r].as_mut_ptr(), sum[r]);
+            }
         }
     }
 
+    /// # Safety
+    ///
+    /// The CPU has AVX512F.
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub unsafe fn softmax_unnormalized(s: &mut [f32], scale: f32) -> f32 {
@@ -261,84 +287,48 @@ mod avx512 {
                 ((1u32 << left) - 1) as __mmask16
             }
         };
-        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
-        for i in (0..n).step_by(L) {
-            m = _mm512_mask_max_ps(m, mask(i), m, _mm512_maskz_loadu_ps(mask(i), ptr.add(i)));
+        // SAFETY: every load and store at i < n keeps the lanes i + l < n (the masks).
+        unsafe {
+            let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+            for i in (0..n).step_by(L) {
+                m = _mm512_mask_max_ps(m, mask(i), m, _mm512_maskz_loadu_ps(mask(i), ptr.add(i)));
+            }
+            let max = _mm512_set1_ps(_mm512_reduce_max_ps(m) * scale);
+            let (vscale, mut sum) = (_mm512_set1_ps(scale), _mm512_setzero_ps());
+            for i in (0..n).step_by(L) {
+                let k = mask(i);
+                let x = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, ptr.add(i)), vscale, max);
+                let e = _mm512_maskz_mov_ps(k, super::super::approx::avx512::exp_neg16(x));
+                _mm512_mask_storeu_ps(ptr.add(i), k, e);
+                sum = _mm512_add_ps(sum, e);
+            }
+            _mm512_reduce_add_ps(sum)
         }
-        let max = _mm512_set1_ps(_mm512_reduce_max_ps(m) * scale);
-        let (vscale, mut sum) = (_mm512_set1_ps(scale), _mm512_setzero_ps());
-        for i in (0..n).step_by(L) {
-            let k = mask(i);
-            let x = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, ptr.add(i)), vscale, max);
-            let e = _mm512_maskz_mov_ps(k, crate::kernels::exp_neg16(x));
-            _mm512_mask_storeu_ps(ptr.add(i), k, e);
-            sum = _mm512_add_ps(sum, e);
-        }
-        _mm512_reduce_add_ps(sum)
     }
 
+    /// # Safety
+    ///
+    /// The CPU has AVX512F; `len > 0`, `p` holds at least `(QR - 1)·lp + len` values
+    /// and `v` at least `(len - 1)·dp + L`.
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub unsafe fn weighted(p: &[f32], lp: usize, v: &[f32], dp: usize, len: usize, acc: &mut [[f32; L]; QR]) {
         debug_assert!(p.len() >= (QR - 1) * lp + len && v.len() >= (len - 1) * dp + L);
-        let mut sum = [_mm512_setzero_ps(); QR];
-        for j in 0..len {
-            let vj = _mm512_loadu_ps(v.as_ptr().add(j * dp));
-            #[allow(clippy::needless_range_loop)] // r indexes p and sum alike
+        // SAFETY: loads of v at j·dp .. j·dp + L and p at r·lp + j, j < len, r < QR:
+        // inside both (the contract).
+        unsafe {
+            let mut sum = [_mm512_setzero_ps(); QR];
+            for j in 0..len {
+                let vj = _mm512_loadu_ps(v.as_ptr().add(j * dp));
+                #[allow(clippy::needless_range_loop)] // r indexes p and sum alike
+                for r in 0..QR {
+                    sum[r] = _mm512_fmadd_ps(_mm512_set1_ps(*p.get_unchecked(r * lp + j)), vj, sum[r]);
+                }
+            }
             for r in 0..QR {
-                sum[r] = _mm512_fmadd_ps(_mm512_set1_ps(*p.get_unchecked(r * lp + j)), vj, sum[r]);
+                _mm512_storeu_ps(acc[r].as_mut_ptr(), sum[r]);
             }
         }
-        for r in 0..QR {
-            _mm512_storeu_ps(acc[r].as_mut_ptr(), sum[r]);
-        }
-    }
-}
-
-/// LayerNorm of every row of `x` (`rows × gamma.len()`), in place.
-pub fn layer_norm(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32, fast: bool) {
-    let n = gamma.len();
-    let fast = fast && crate::kernels::has_avx512f();
-    x.par_chunks_mut(n).for_each(|row| {
-        #[cfg(target_arch = "x86_64")]
-        if fast {
-            // SAFETY: the CPU has AVX512F (checked above).
-            unsafe { norm_avx512(row, gamma, beta, eps) };
-            return;
-        }
-        norm_row(row, gamma, beta, eps);
-    });
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn norm_avx512(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    norm_row(row, gamma, beta, eps)
-}
-
-/// Mean and variance in two passes, each summed in L lanes (so it vectorizes).
-#[inline(always)]
-fn norm_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    let n = row.len() as f32;
-    let chunks = row.chunks_exact(L);
-    let tail = chunks.remainder();
-    let mut part = [0f32; L];
-    for c in chunks.clone() {
-        for l in 0..L {
-            part[l] += c[l];
-        }
-    }
-    let mean = (part.iter().sum::<f32>() + tail.iter().sum::<f32>()) / n;
-    let mut part = [0f32; L];
-    for c in chunks {
-        for l in 0..L {
-            part[l] += (c[l] - mean) * (c[l] - mean);
-        }
-    }
-    let var = (part.iter().sum::<f32>() + tail.iter().map(|&x| (x - mean) * (x - mean)).sum::<f32>()) / n;
-    let inv = 1.0 / (var + eps).sqrt();
-    for ((x, &g), &b) in row.iter_mut().zip(gamma).zip(beta) {
-        *x = (*x - mean) * inv * g + b;
     }
 }
 
@@ -399,26 +389,6 @@ mod tests {
                     // f32 rounding of d-term sums (~1e-6 at d = 64 with these
                     // magnitudes); a wrong index or a softmax slip is off by 1e-2 or more.
                     assert!((g as f64 - w).abs() < 1e-5, "heads={heads} d={d} fast={fast} at {at}: {g} vs {w}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn layer_norm_matches_its_definition_on_both_paths() {
-        for &n in &[8usize, 32, 1024, 1000] {
-            let x: Vec<f32> = values(3 * n, 3).iter().map(|v| v * 4.0 + 1.5).collect();
-            let (g, b) = (values(n, 4), values(n, 5));
-            for fast in [false, true] {
-                let mut y = x.clone();
-                layer_norm(&mut y, &g, &b, 1e-5, fast);
-                for (r, row) in x.chunks(n).enumerate() {
-                    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
-                    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
-                    for c in 0..n {
-                        let want = (row[c] as f64 - mean) / (var + 1e-5).sqrt() * g[c] as f64 + b[c] as f64;
-                        assert!((y[r * n + c] as f64 - want).abs() < 2e-6, "n={n} fast={fast} at {r},{c}");
-                    }
                 }
             }
         }

@@ -1,0 +1,86 @@
+//! How the encoder's dense layers multiply, and which way this CPU should choose. One
+//! type serves the caller's choice (the extension maps `koe5.precision` onto it) and
+//! the kernels' storage of a packed weight: a layer's precision *is* how its weights are
+//! stored, so the two cannot disagree.
+
+use crate::kernels::{cpu_vendor, has_avx512_bf16};
+
+/// How the encoder's dense layers (nine tenths of the work) multiply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 weights and arithmetic: the reference's own numbers.
+    F32,
+    /// bf16 weights and inputs of the dense layers, f32 sums; everything else in f32.
+    /// Uses AVX512-BF16 where the CPU has it, a portable loop elsewhere.
+    Bf16,
+}
+
+impl Precision {
+    /// The fastest precision this CPU runs within the documented accuracy: bf16 where
+    /// the CPU has AVX512-BF16, f32 elsewhere (the portable bf16 loop is slower than f32).
+    pub fn auto() -> Precision {
+        Precision::auto_choice().0
+    }
+
+    /// What `auto` chooses on this CPU, and why. Decided by a table of what was
+    /// measured per CPU family with koe5's kernels (README, Precision), not by the
+    /// bf16 instructions alone: on Intel Xeons with AVX512-BF16 `vdpbf16ps` does only
+    /// 1.3× the work of an f32 FMA, and bf16 ran 1.3–1.6× slower than f32 end to end.
+    /// The same CPU always gets the same answer.
+    pub fn auto_choice() -> (Precision, &'static str) {
+        // Asked on every embedding call: CPUID (a trap to the hypervisor in a VM) once.
+        static CHOICE: std::sync::OnceLock<(Precision, &'static str)> = std::sync::OnceLock::new();
+        *CHOICE.get_or_init(|| Precision::choose(has_avx512_bf16(), &cpu_vendor()))
+    }
+
+    fn choose(has_bf16: bool, vendor: &str) -> (Precision, &'static str) {
+        match (has_bf16, vendor) {
+            (false, _) => (Precision::F32, "no AVX512-BF16 on this CPU: f32 (bf16 would take the slower portable path)"),
+            (true, "AuthenticAMD") => (
+                Precision::Bf16,
+                "AMD with AVX512-BF16: vdpbf16ps does twice the work of an f32 FMA, bf16 measured 1.6x f32 (Zen 5)",
+            ),
+            (true, "GenuineIntel") => (
+                Precision::F32,
+                "Intel with AVX512-BF16: vdpbf16ps does only 1.3x the work of an f32 FMA, bf16 measured 1.3-1.6x slower than f32 (Xeon)",
+            ),
+            (true, _) => (Precision::F32, "a CPU koe5 has no measurements for: f32, the exact one"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Precision> {
+        match s {
+            "f32" => Some(Precision::F32),
+            "bf16" => Some(Precision::Bf16),
+            "auto" => Some(Precision::auto()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_follows_what_was_measured_per_cpu_family() {
+        assert_eq!(Precision::choose(true, "AuthenticAMD").0, Precision::Bf16);
+        assert_eq!(Precision::choose(true, "GenuineIntel").0, Precision::F32);
+        assert_eq!(Precision::choose(false, "AuthenticAMD").0, Precision::F32);
+        assert_eq!(Precision::choose(true, "HygonGenuine").0, Precision::F32);
+        // This CPU: its vendor string is CPUID's 12 bytes, and the choice never varies.
+        let vendor = cpu_vendor();
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(vendor.len(), 12, "{vendor:?}");
+        let first = Precision::auto_choice();
+        assert!((0..100).all(|_| Precision::auto_choice() == first));
+        assert_eq!(first.0, Precision::auto());
+    }
+}
