@@ -278,7 +278,7 @@ fn record_refused(name: &CStr, value: &str) {
 /// count nobody chose.
 pub fn check_pins() {
     if let Some((code, message, detail, hint)) = dropped_pin() {
-        crate::errors::report(code, message, Some(detail), Some(hint))
+        crate::ereport::report(code, message, Some(detail), Some(hint))
     }
 }
 

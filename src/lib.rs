@@ -1,21 +1,27 @@
 //! koe5: KoE5 Korean text embeddings computed inside PostgreSQL.
 //!
-//! This crate is the PostgreSQL glue only: settings (`gucs`), per-backend model and
-//! threads (`backend`), server-encoding conversion (`text`), error reporting
-//! (`errors`), the SQL functions (`api`, declared in `sql/koe5.sql`), the queue's
-//! deletions (`queue`), running as a table's owner (`security`) and the background
-//! worker (`worker`). The model
-//! itself lives in the pgrx-free `koe5-core` crate.
+//! This crate is the PostgreSQL glue only; the model itself lives in the pgrx-free
+//! `koe5-core` crate. Its modules:
+//!
+//! - `api`: the SQL functions (declared in `sql/koe5.sql`);
+//! - `gucs`: the settings;
+//! - `session`: what a backend keeps across calls: the model, its query cache, the
+//!   backend's counters, the postmaster's preloaded model, compute threads and heap;
+//! - `encoding`: text arguments converted from the server encoding to UTF-8;
+//! - `ereport`: the core's errors raised as PostgreSQL errors with a SQLSTATE;
+//! - `queue`: the queue's deletions, which its users may not make themselves;
+//! - `security`: running as a table's owner;
+//! - `worker`: the background worker that embeds the queue.
 
 use pgrx::prelude::*;
 
 mod api;
-mod backend;
-mod errors;
+mod encoding;
+mod ereport;
 mod gucs;
 mod queue;
 mod security;
-mod text;
+mod session;
 mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -45,7 +51,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         worker::register();
-        backend::preload();
+        session::preload();
     }
 }
 
