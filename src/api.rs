@@ -260,33 +260,30 @@ fn koe5_download() -> String {
     let id = gucs::model_id();
     koe5_core::hub::check_model_id(&id).or_raise();
     let cache = koe5_core::hub::cache_dir();
-    // The download runs on a thread of its own (with every signal blocked, like all
-    // threads koe5 starts) while this backend waits for it and stays cancellable; a
-    // cancelled download's thread may outlive the call, so the compute threads (whose
-    // start sets an environment variable) start first.
-    session::start_threads();
+    // The download runs on a thread of its own while this backend waits for it and
+    // stays cancellable. A download that ends is joined; a cancelled one's thread is
+    // left to finish on its own (`session::spawn` says why that is safe).
     let (tx, rx) = std::sync::mpsc::channel();
     let worker_id = id.clone();
-    session::with_signals_blocked(|| {
-        std::thread::Builder::new()
-            .name("koe5-download".into())
-            .spawn(move || {
-                let _ = tx.send(koe5_core::hub::download(&cache, &worker_id));
-            })
-            .map(|_| ())
+    let thread = session::spawn("koe5-download", move || {
+        let _ = tx.send(koe5_core::hub::download(&cache, &worker_id));
     })
     .unwrap_or_else(|e| {
         report(PgSqlErrorCode::ERRCODE_SYSTEM_ERROR, format!("could not start download thread: {e}"), None, None)
     });
-    loop {
+    let downloaded = loop {
         check_interrupts();
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(Ok(dir)) => return dir.display().to_string(),
-            Ok(Err(e)) => raise(e),
+            Ok(result) => break Some(result),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                report(PgSqlErrorCode::ERRCODE_SYSTEM_ERROR, format!("download of \"{id}\" failed"), None, None)
-            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
         }
+    };
+    // It has sent its result (or panicked): all that is left of it is its exit.
+    let _ = thread.join();
+    match downloaded {
+        Some(Ok(dir)) => dir.display().to_string(),
+        Some(Err(e)) => raise(e),
+        None => report(PgSqlErrorCode::ERRCODE_SYSTEM_ERROR, format!("download of \"{id}\" failed"), None, None),
     }
 }

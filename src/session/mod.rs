@@ -8,8 +8,8 @@
 //! - `stats`: what the backend has embedded;
 //! - `preload`: the model the postmaster loads before any backend exists, which every
 //!   backend inherits;
-//! - `threads`: the compute threads, the signals they block, and the interrupt check
-//!   on the backend's own thread;
+//! - `threads`: the compute threads, the signals they block, the one other kind of
+//!   thread koe5 starts, and the interrupt check on the backend's own thread;
 //! - `memory`: how the heap is tuned for forward passes and given back after them.
 
 mod memory;
@@ -23,4 +23,4 @@ pub use memory::release_free_memory;
 pub use model::{loaded, model, resolve_dir, weights_sha256};
 pub use preload::preload;
 pub use stats::{count_embedded, stats};
-pub use threads::{check_interrupts, start_threads, with_signals_blocked};
+pub use threads::{check_interrupts, spawn};

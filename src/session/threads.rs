@@ -1,7 +1,8 @@
 //! The threads of a backend. Its own thread runs PostgreSQL's code and handles its
 //! signals (cancel, statement_timeout, termination), checked between steps with
 //! `check_interrupts`; every thread koe5 starts blocks all signals and never calls
-//! PostgreSQL: the compute threads (`start_threads`) and koe5_download's.
+//! PostgreSQL: the compute threads (`start_threads`) and side threads (`spawn`,
+//! koe5_download's).
 
 use std::sync::Once;
 
@@ -9,7 +10,7 @@ use crate::gucs;
 
 /// Runs `f` with every signal blocked in the calling thread, so that threads it
 /// starts inherit a full mask and never run PostgreSQL's signal handlers.
-pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+pub(super) fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
@@ -46,8 +47,8 @@ pub fn start_threads() {
         };
         super::memory::tune_heap();
         // candle sizes its pool from this variable. SAFETY: no other thread of this
-        // process exists yet: the postmaster starts none (see `preload`), and the only
-        // other thread koe5 starts, koe5_download's, starts after this.
+        // process exists yet: the postmaster leaves none behind (see `preload`), and
+        // koe5 starts its other threads only through `spawn`, which runs this first.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", threads.to_string()) };
         with_signals_blocked(|| {
             let _ = rayon::ThreadPoolBuilder::new()
@@ -58,6 +59,16 @@ pub fn start_threads() {
             koe5_core::start_elementwise_threads();
         });
     });
+}
+
+/// Starts a thread named `name` that runs `f` with every signal blocked, after the
+/// compute threads (whose start sets an environment variable, which must happen while
+/// koe5 has no other thread). The only way koe5 starts a thread other than the
+/// compute threads: one that may outlive the call that started it (a cancelled
+/// download's) is then always started after that variable is set.
+pub fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<std::thread::JoinHandle<()>> {
+    start_threads();
+    with_signals_blocked(|| std::thread::Builder::new().name(name.to_owned()).spawn(f))
 }
 
 /// Calls PostgreSQL's interrupt check: cancel, statement_timeout and termination
