@@ -13,6 +13,15 @@
 //! - `security`: running as a table's owner;
 //! - `worker`: the background worker that embeds the queue.
 
+// A call into C that may unwind must go through pgrx's guards, which turn a longjmp
+// out of PostgreSQL into a Rust panic and back.
+#![deny(ffi_unwind_calls)]
+
+// pgrx turns a Rust panic into a PostgreSQL ERROR by unwinding to its guard at the
+// function's boundary; with panic = "abort" any panic would kill the server process.
+#[cfg(not(panic = "unwind"))]
+compile_error!("koe5 must be built with panic = \"unwind\" (see [profile.*] in Cargo.toml)");
+
 use pgrx::prelude::*;
 
 mod api;
