@@ -191,7 +191,7 @@ fn koe5_model_info() -> JsonB {
         "model_id": gucs::model_id(),
         "precision": gucs::precision().name(),
     });
-    if gucs::PRECISION.get() == gucs::PrecisionSetting::Auto {
+    if gucs::precision_is_auto() {
         info["precision_auto"] = json!(koe5_core::Precision::auto_choice().1);
     }
     if let Some((_, message, _, _)) = gucs::dropped_pin() {
