@@ -10,10 +10,10 @@ use pgrx::prelude::*;
 use pgrx::{Array, JsonB, PgSqlErrorCode};
 use serde_json::json;
 
-use crate::backend::{self, check_interrupts};
-use crate::errors::{raise, report, OrRaise};
+use crate::encoding::to_utf8;
+use crate::ereport::{raise, report, OrRaise};
 use crate::gucs;
-use crate::text::to_utf8;
+use crate::session::{self, check_interrupts};
 
 /// Texts embedded per round of a batch call: results stream out as rounds finish, so
 /// memory stays bounded however long the input array is.
@@ -21,7 +21,7 @@ const ROUND: usize = 256;
 
 fn embed_text(kind: Kind, text: &[u8]) -> Vec<f32> {
     let text = to_utf8(text);
-    let model = backend::model().or_raise();
+    let model = session::model().or_raise();
     // A query in a WHERE or ORDER BY clause may be evaluated once per row.
     if kind == Kind::Query {
         if let Some(v) = model.cached_query(&text) {
@@ -29,8 +29,8 @@ fn embed_text(kind: Kind, text: &[u8]) -> Vec<f32> {
         }
     }
     let v = model.embedder.embed_one(kind, &text, &mut check_interrupts).or_raise();
-    backend::release_free_memory();
-    backend::count_embedded(1);
+    session::release_free_memory();
+    session::count_embedded(1);
     if kind == Kind::Query {
         model.remember_query(&text, &v);
     }
@@ -55,7 +55,7 @@ fn embed_array(kind: Kind, texts: Array<'_, &[u8]>) -> impl Iterator<Item = Opti
         data_error(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "array must be one-dimensional");
     }
     let texts = owned;
-    let model = backend::model().or_raise();
+    let model = session::model().or_raise();
     let mut next = 0;
     let mut ready: VecDeque<Option<Vec<f32>>> = VecDeque::new();
     std::iter::from_fn(move || {
@@ -64,8 +64,8 @@ fn embed_array(kind: Kind, texts: Array<'_, &[u8]>) -> impl Iterator<Item = Opti
             let round = &texts[next..end];
             let present: Vec<&str> = round.iter().flatten().map(String::as_str).collect();
             let mut vectors = model.embedder.embed_many(kind, &present, &mut check_interrupts).or_raise().into_iter();
-            backend::release_free_memory();
-            backend::count_embedded(present.len());
+            session::release_free_memory();
+            session::count_embedded(present.len());
             for t in round {
                 ready.push_back(t.as_ref().map(|_| vectors.next().expect("one vector per text")));
             }
@@ -162,7 +162,7 @@ fn koe5_similarity(a: Array<'_, f32>, b: Array<'_, f32>) -> f32 {
 #[pg_extern(sql = false)]
 fn koe5_token_count(text: &[u8]) -> i32 {
     let text = to_utf8(text);
-    let model = backend::model().or_raise();
+    let model = session::model().or_raise();
     let n = model.embedder.token_count(Kind::Passage, &text, &mut check_interrupts).or_raise();
     i32::try_from(n).unwrap_or(i32::MAX)
 }
@@ -172,8 +172,8 @@ fn koe5_token_count(text: &[u8]) -> i32 {
 fn koe5_backend_stats(
 ) -> TableIterator<'static, (name!(texts_embedded, i64), name!(query_cache_hits, i64), name!(query_cache_entries, i32))>
 {
-    let s = backend::stats();
-    let entries = backend::loaded().map_or(0, |m| m.cached_queries());
+    let s = session::stats();
+    let entries = session::loaded().map_or(0, |m| m.cached_queries());
     let n = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
     TableIterator::once((n(s.texts_embedded), n(s.query_cache_hits), i32::try_from(entries).unwrap_or(i32::MAX)))
 }
@@ -193,7 +193,7 @@ fn koe5_chunks_utf8(
         )
     };
     let doc = to_utf8(doc);
-    let model = backend::model().or_raise();
+    let model = session::model().or_raise();
     let chunks = model.embedder.chunks(Kind::Passage, &doc, max_tokens, overlap, &mut check_interrupts).or_raise();
     let rows: Vec<_> = chunks
         .iter()
@@ -217,7 +217,7 @@ fn koe5_model_info() -> JsonB {
         "model_id": gucs::model_id(),
         "precision": gucs::precision().name(),
     });
-    if gucs::PRECISION.get() == gucs::PrecisionSetting::Auto {
+    if gucs::precision_is_auto() {
         info["precision_auto"] = json!(koe5_core::Precision::auto_choice().1);
     }
     if let Some((_, message, _, _)) = gucs::dropped_pin() {
@@ -225,7 +225,7 @@ fn koe5_model_info() -> JsonB {
         info["error"] = json!(message);
         return JsonB(info);
     }
-    let dir = match backend::resolve_dir() {
+    let dir = match session::resolve_dir() {
         Ok(d) => d,
         Err(e) => {
             info["loaded"] = json!(false);
@@ -234,7 +234,7 @@ fn koe5_model_info() -> JsonB {
         }
     };
     info["directory"] = json!(dir.display().to_string());
-    let loaded = backend::loaded().filter(|m| m.dir == dir && m.embedder.precision == gucs::precision());
+    let loaded = session::loaded().filter(|m| m.dir == dir && m.embedder.precision == gucs::precision());
     let spec = match &loaded {
         Some(m) => m.embedder.spec.clone(),
         None => match ModelSpec::read(&dir) {
@@ -265,7 +265,7 @@ fn koe5_model_info() -> JsonB {
             info["loaded_at_unix"] = json!(at.as_secs());
         }
         None => {
-            match backend::weights_sha256(&spec.weights) {
+            match session::weights_sha256(&spec.weights) {
                 Ok(hex) => info["sha256"] = json!(hex),
                 Err(e) => {
                     info["sha256"] = json!(null);
@@ -286,33 +286,30 @@ fn koe5_download() -> String {
     let id = gucs::model_id();
     koe5_core::hub::check_model_id(&id).or_raise();
     let cache = koe5_core::hub::cache_dir();
-    // The download runs on a thread of its own (with every signal blocked, like all
-    // threads koe5 starts) while this backend waits for it and stays cancellable; a
-    // cancelled download's thread may outlive the call, so the compute threads (whose
-    // start sets an environment variable) start first.
-    backend::start_threads();
+    // The download runs on a thread of its own while this backend waits for it and
+    // stays cancellable. A download that ends is joined; a cancelled one's thread is
+    // left to finish on its own (`session::spawn` says why that is safe).
     let (tx, rx) = std::sync::mpsc::channel();
     let worker_id = id.clone();
-    backend::with_signals_blocked(|| {
-        std::thread::Builder::new()
-            .name("koe5-download".into())
-            .spawn(move || {
-                let _ = tx.send(koe5_core::hub::download(&cache, &worker_id));
-            })
-            .map(|_| ())
+    let thread = session::spawn("koe5-download", move || {
+        let _ = tx.send(koe5_core::hub::download(&cache, &worker_id));
     })
     .unwrap_or_else(|e| {
         report(PgSqlErrorCode::ERRCODE_SYSTEM_ERROR, format!("could not start download thread: {e}"), None, None)
     });
-    loop {
+    let downloaded = loop {
         check_interrupts();
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(Ok(dir)) => return dir.display().to_string(),
-            Ok(Err(e)) => raise(e),
+            Ok(result) => break Some(result),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                report(PgSqlErrorCode::ERRCODE_SYSTEM_ERROR, format!("download of \"{id}\" failed"), None, None)
-            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
         }
+    };
+    // It has sent its result (or panicked): all that is left of it is its exit.
+    let _ = thread.join();
+    match downloaded {
+        Some(Ok(dir)) => dir.display().to_string(),
+        Some(Err(e)) => raise(e),
+        None => report(PgSqlErrorCode::ERRCODE_SYSTEM_ERROR, format!("download of \"{id}\" failed"), None, None),
     }
 }

@@ -12,12 +12,14 @@ pub static MODEL_ID: GucSetting<Option<std::ffi::CString>> =
 /// Compute threads per backend (0: one per CPU core), at most THREADS_MAX.
 pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 const THREADS_MAX: i32 = 1024;
-pub static PRECISION: GucSetting<PrecisionSetting> = GucSetting::<PrecisionSetting>::new(PrecisionSetting::Auto);
+static PRECISION: GucSetting<PrecisionSetting> = GucSetting::<PrecisionSetting>::new(PrecisionSetting::Auto);
 pub static PRELOAD: GucSetting<bool> = GucSetting::<bool>::new(true);
 
-/// `koe5.precision`: how the encoder's dense layers multiply (see koe5_core::Precision).
+/// `koe5.precision`: `auto`, or the name of a [`koe5_core::Precision`]. Its own type
+/// because PostgreSQL needs the names and the `auto` choice as one enum; it means
+/// nothing beyond [`PrecisionSetting::fixed`].
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
-pub enum PrecisionSetting {
+enum PrecisionSetting {
     #[name = c"auto"]
     Auto,
     #[name = c"f32"]
@@ -26,14 +28,27 @@ pub enum PrecisionSetting {
     Bf16,
 }
 
-/// The precision the settings ask for, with `auto` resolved for this CPU.
-pub fn precision() -> koe5_core::Precision {
-    match PRECISION.get() {
-        PrecisionSetting::Auto => koe5_core::Precision::auto(),
-        PrecisionSetting::F32 => koe5_core::Precision::F32,
-        PrecisionSetting::Bf16 => koe5_core::Precision::Bf16,
+impl PrecisionSetting {
+    /// The precision this value names; None for `auto`, which the CPU decides.
+    fn fixed(self) -> Option<koe5_core::Precision> {
+        match self {
+            PrecisionSetting::Auto => None,
+            PrecisionSetting::F32 => Some(koe5_core::Precision::F32),
+            PrecisionSetting::Bf16 => Some(koe5_core::Precision::Bf16),
+        }
     }
 }
+
+/// The precision the settings ask for, with `auto` resolved for this CPU.
+pub fn precision() -> koe5_core::Precision {
+    PRECISION.get().fixed().unwrap_or_else(koe5_core::Precision::auto)
+}
+
+/// Whether `koe5.precision` leaves the choice to the CPU (`auto`).
+pub fn precision_is_auto() -> bool {
+    PRECISION.get().fixed().is_none()
+}
+
 /// Query embeddings each backend keeps (0 turns the cache off).
 pub static QUERY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64);
 /// Background worker settings (the worker runs only with shared_preload_libraries).
@@ -278,7 +293,7 @@ fn record_refused(name: &CStr, value: &str) {
 /// count nobody chose.
 pub fn check_pins() {
     if let Some((code, message, detail, hint)) = dropped_pin() {
-        crate::errors::report(code, message, Some(detail), Some(hint))
+        crate::ereport::report(code, message, Some(detail), Some(hint))
     }
 }
 

@@ -1,21 +1,36 @@
 //! koe5: KoE5 Korean text embeddings computed inside PostgreSQL.
 //!
-//! This crate is the PostgreSQL glue only: settings (`gucs`), per-backend model and
-//! threads (`backend`), server-encoding conversion (`text`), error reporting
-//! (`errors`), the SQL functions (`api`, declared in `sql/surface/`), the queue's
-//! deletions (`queue`), running as a table's owner (`security`) and the background
-//! worker (`worker`). The model
-//! itself lives in the pgrx-free `koe5-core` crate.
+//! This crate is the PostgreSQL glue only; the model itself lives in the pgrx-free
+//! `koe5-core` crate. Its modules:
+//!
+//! - `api`: the SQL functions (declared in `sql/surface/`, one file per concept);
+//! - `gucs`: the settings;
+//! - `session`: what a backend keeps across calls: the model, its query cache, the
+//!   backend's counters, the postmaster's preloaded model, compute threads and heap;
+//! - `encoding`: text arguments converted from the server encoding to UTF-8;
+//! - `ereport`: the core's errors raised as PostgreSQL errors with a SQLSTATE;
+//! - `queue`: the queue's deletions, which its users may not make themselves;
+//! - `security`: running as a table's owner;
+//! - `worker`: the background worker that embeds the queue.
+
+// A call into C that may unwind must go through pgrx's guards, which turn a longjmp
+// out of PostgreSQL into a Rust panic and back.
+#![deny(ffi_unwind_calls)]
+
+// pgrx turns a Rust panic into a PostgreSQL ERROR by unwinding to its guard at the
+// function's boundary; with panic = "abort" any panic would kill the server process.
+#[cfg(not(panic = "unwind"))]
+compile_error!("koe5 must be built with panic = \"unwind\" (see [profile.*] in Cargo.toml)");
 
 use pgrx::prelude::*;
 
 mod api;
-mod backend;
-mod errors;
+mod encoding;
+mod ereport;
 mod gucs;
 mod queue;
 mod security;
-mod text;
+mod session;
 mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -52,7 +67,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         worker::register();
-        backend::preload();
+        session::preload();
     }
 }
 

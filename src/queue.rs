@@ -14,7 +14,7 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{Array, PgSqlErrorCode};
 
-use crate::errors::report;
+use crate::ereport::report;
 use crate::security::Scope;
 
 fn internal(e: pgrx::spi::SpiError) -> ! {

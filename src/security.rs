@@ -6,7 +6,7 @@
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use crate::errors::report;
+use crate::ereport::report;
 
 /// The current user and settings, given back when this goes out of scope: on return
 /// and when an ERROR unwinds through the code that holds it (a (sub)transaction's

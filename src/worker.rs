@@ -45,9 +45,25 @@ unsafe extern "C-unwind" {
 /// statement_timeout in a background worker, so the worker arms it for each batch.
 const STATEMENT_TIMEOUT: std::ffi::c_int = 3;
 
-unsafe extern "C-unwind" {
+// Declared "C" and called through pgrx's guard (`statement_timeout`), as pgrx calls
+// its own bindings: an ERROR raised inside becomes a Rust panic that unwinds through
+// the worker's frames (and their destructors) instead of jumping over them.
+unsafe extern "C" {
     fn enable_timeout_after(id: std::ffi::c_int, delay_ms: std::ffi::c_int);
     fn disable_timeout(id: std::ffi::c_int, keep_indicator: bool);
+}
+
+/// Arms statement_timeout for `ms` milliseconds, or disarms it (None).
+fn statement_timeout(ms: Option<std::ffi::c_int>) {
+    // SAFETY: the timeout module is initialised for every backend that ran
+    // InitPostgres, as this worker did when it connected; disarming a timeout that is
+    // not armed is a no-op. Called on the worker's own thread.
+    unsafe {
+        pg_sys::ffi::pg_guard_ffi_boundary(|| match ms {
+            Some(ms) => enable_timeout_after(STATEMENT_TIMEOUT, ms),
+            None => disable_timeout(STATEMENT_TIMEOUT, false),
+        })
+    }
 }
 
 fn nap() -> bool {
@@ -128,16 +144,13 @@ fn embed_due_batches(resting: &mut HashMap<u32, Instant>) -> bool {
         let timeout = gucs::WORKER_BATCH_TIMEOUT_MS.get();
         let settled = in_transaction(|| {
             as_owner(owner, || {
-                // SAFETY: the timeout module is initialised for every backend that ran
-                // InitPostgres, as this worker did when it connected.
                 if timeout > 0 {
-                    unsafe { enable_timeout_after(STATEMENT_TIMEOUT, timeout) };
+                    statement_timeout(Some(timeout));
                 }
                 Spi::get_one_with_args::<i32>(&step, &[DatumWithOid::from(relid), DatumWithOid::from(batch)])
             })
         });
-        // SAFETY: as above; disarming a timeout that is not armed is a no-op.
-        unsafe { disable_timeout(STATEMENT_TIMEOUT, false) };
+        statement_timeout(None);
         let failure = match settled {
             Ok(Ok(Some(n))) => {
                 busy |= n > 0;

@@ -8,7 +8,7 @@ use std::ffi::CStr;
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 
-use crate::errors::report;
+use crate::ereport::report;
 
 /// The UTF-8 form of `bytes`, which hold text in the server encoding. In an SQL_ASCII
 /// database the bytes are checked to be valid UTF-8 (an ERROR otherwise).

@@ -1,4 +1,5 @@
-//! Raising the core's errors as PostgreSQL errors with a fitting SQLSTATE.
+//! Raising errors in PostgreSQL: the one map from the core's error kinds to SQLSTATEs,
+//! and the glue's own errors, each with its SQLSTATE, message, detail and hint.
 
 use koe5_core::{Error, ErrorKind};
 use pgrx::pg_sys::panic::ErrorReport;

@@ -1,0 +1,26 @@
+//! What a backend keeps across calls. A backend is one single-threaded process, so
+//! this state lives in thread-locals, in Rust's heap (never in a PostgreSQL memory
+//! context):
+//!
+//! - `model`: the loaded model, loaded on first use and replaced when the settings
+//!   name another, and the SHA-256 of a weights file;
+//! - `query_cache`: the recent query embeddings of a loaded model;
+//! - `stats`: what the backend has embedded;
+//! - `preload`: the model the postmaster loads before any backend exists, which every
+//!   backend inherits;
+//! - `threads`: the compute threads, the signals they block, the one other kind of
+//!   thread koe5 starts, and the interrupt check on the backend's own thread;
+//! - `memory`: how the heap is tuned for forward passes and given back after them.
+
+mod memory;
+mod model;
+mod preload;
+mod query_cache;
+mod stats;
+mod threads;
+
+pub use memory::release_free_memory;
+pub use model::{loaded, model, resolve_dir, weights_sha256};
+pub use preload::preload;
+pub use stats::{count_embedded, stats};
+pub use threads::{check_interrupts, spawn};
