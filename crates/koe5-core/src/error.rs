@@ -1,5 +1,6 @@
 //! The core's error type. Each variant knows which kind of failure it is, so the
-//! PostgreSQL glue can give it a fitting SQLSTATE without parsing messages.
+//! PostgreSQL glue can give it a fitting SQLSTATE without parsing messages (the
+//! mapping is the glue's alone: src/ereport.rs).
 
 use std::fmt;
 use std::path::Path;
@@ -7,25 +8,25 @@ use std::path::Path;
 /// What went wrong, in terms a SQL caller can act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// A file or directory that should be there is not (SQLSTATE 58P01).
+    /// A file or directory that should be there is not.
     MissingFile,
-    /// A file exists but could not be read (58030).
+    /// A file exists but could not be read.
     Io,
-    /// A JSON configuration file is malformed or inconsistent (F0000).
+    /// A JSON configuration file is malformed or inconsistent.
     InvalidConfig,
-    /// The model uses an architecture, activation or pooling mode koe5 does not run (0A000).
+    /// The model uses an architecture, activation or pooling mode koe5 does not run.
     Unsupported,
-    /// The weights file is damaged: truncated, wrong shapes, missing tensors (XX001).
+    /// The weights file is damaged: truncated, wrong shapes, missing tensors.
     CorruptWeights,
-    /// No model is configured and none was found in the Hugging Face cache (58P01).
+    /// No model is configured and none was found in the Hugging Face cache.
     NoModel,
-    /// The caller passed something unusable (22023).
+    /// The caller passed something unusable.
     InvalidInput,
-    /// Memory for the model or a computation could not be had (53200).
+    /// Memory for the model or a computation could not be had.
     OutOfMemory,
-    /// Inference itself failed (an allocation or tensor error) (53000 for memory, else 58000).
+    /// Inference itself failed (an allocation or tensor error).
     Inference,
-    /// Downloading from the Hugging Face Hub failed (58000).
+    /// Downloading from the Hugging Face Hub failed.
     Download,
 }
 
