@@ -3,16 +3,12 @@
 //! make_fixture.py). Tolerances are the README's parity promise for f32 (cosine >= 0.99999,
 //! max |diff| <= 1e-5), and for bf16 its documented bound and the reference's own bf16.
 
-mod common;
-
-use common::{assert_close, compare, fixtures, floats, ids};
 use koe5_core::{Embedder, Kind, Precision};
+use koe5_testkit::{assert_close, compare, fixtures, floats, ids};
 use serde_json::Value;
 
 fn expected() -> Vec<Value> {
-    let text = std::fs::read_to_string(fixtures().join("expected.json")).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["cases"].as_array().unwrap().clone()
+    koe5_testkit::cases()
 }
 
 fn kinds() -> [(Kind, &'static str); 2] {
