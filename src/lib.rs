@@ -21,9 +21,6 @@ mod worker;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 
-#[cfg(test)]
-mod reliability_tests;
-
 pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/koe5.sql", name = "koe5_api");
