@@ -2,10 +2,10 @@
 # Runs every koe5 test: formatting and clippy (lint), the inference core's unit and
 # parity tests (no PostgreSQL), then the extension's tests inside PostgreSQL 18 (with
 # pgvector) and PostgreSQL 15 (and, on each, a server of its own without preloading:
-# tests/no_preload), then the demo as a user runs it with a real model directory (its
-# output checked against the reference's figures), then the packages, built and
-# installed as a user would (tests/package). Installs what is missing first
-# (scripts/setup.sh). Needs root.
+# tests/no_preload; and the SQL surface through pg_regress: tests/pg_regress), then the
+# demo as a user runs it with a real model directory (its output checked against the
+# reference's figures), then the packages, built and installed as a user would
+# (tests/package). Installs what is missing first (scripts/setup.sh). Needs root.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh core pg18  a subset: any of lint, core, pg18, pg15, demo, package
@@ -71,6 +71,9 @@ for part in "${parts[@]}"; do
                 nice cargo pgrx test "$part" --runas postgres --pgdata "$KOE5_HOME/test-pgdata-${part#pg}"
             echo "==> superuser-only settings hold on a PostgreSQL ${part#pg} that does not preload koe5"
             tests/no_preload/check.sh "$pg_config"
+            echo "==> the SQL surface as a user sees it: pg_regress (tests/pg_regress) on PostgreSQL ${part#pg}"
+            tests/pg_regress/run.sh "$pg_config" 2>&1 | tee "$KOE5_HOME/regress-$part.log"
+            grep '^pg_regress on' "$KOE5_HOME/regress-$part.log" >> "$KOE5_HOME/figures-$part.txt"
             ;;
         demo)
             echo "==> the demo with KOE5_MODEL_PATH naming a real model (multilingual-e5-small)"

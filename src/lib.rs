@@ -36,9 +36,6 @@ mod worker;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 
-#[cfg(test)]
-mod reliability_tests;
-
 pgrx::pg_module_magic!(name, version);
 
 // The SQL surface, one file per concept (the Rust functions are declared there, with

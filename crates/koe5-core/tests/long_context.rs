@@ -1,22 +1,18 @@
 //! Models with a long context (KURE-v1 and BAAI/bge-m3: XLM-R large with 8,194
 //! positions, CLS pooling, max_seq_length 8192), on their tiny random twin
 //! tests/fixtures/tiny-xlmr-long, against the reference's ids and vectors
-//! (expected-long.json, from make_fixture.py). Tolerances as for the fixture: cosine
-//! >= 0.99999, max |difference| <= 1e-5.
-
-mod common;
+//! (expected-long.json, from make_fixture.py). Tolerances as for the fixture
+//! (`koe5_testkit::assert_close`, the README's parity promise): cosine >= 0.99999, max
+//! |difference| <= 1e-5.
 
 use std::path::PathBuf;
 
-use common::{assert_close, fixtures, floats, ids};
-
 use koe5_core::{Embedder, Kind};
+use koe5_testkit::{assert_close, fixtures, floats, ids};
 use serde_json::Value;
 
 fn cases() -> Vec<Value> {
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected-long.json")).unwrap()).unwrap();
-    v["cases"].as_array().unwrap().clone()
+    koe5_testkit::long_cases()
 }
 
 fn model() -> Embedder {

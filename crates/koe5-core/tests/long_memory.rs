@@ -3,8 +3,6 @@
 //! tokens × tokens score matrix (at 8,192 tokens and the fixture's 4 heads that alone
 //! would be 1 GiB). Measured by counting the heap this process allocates.
 
-mod common;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -80,7 +78,7 @@ fn an_8192_token_text_in_bounded_memory() {
         peaks[0] / 1024,
         peaks[1] / 1024
     );
-    common::figure(figure.clone());
+    koe5_testkit::figure(figure.clone());
     // The encoder's buffers (Work::for_rows): per token 6 × hidden + FFN f32s, 1 KiB
     // here, 8 MiB at 8,192 tokens; tokenizing 46 KB of text adds a few MiB. A score
     // matrix would add 1 GiB; and memory grows linearly (16× the tokens, at most 20×

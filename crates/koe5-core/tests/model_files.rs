@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use koe5_core::{Embedder, ErrorKind};
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-xlmr")
+    koe5_testkit::fixtures().join("tiny-xlmr")
 }
 
 /// A copy of the fixture in a fresh temporary directory; big files are symlinked

@@ -3,16 +3,12 @@
 //! make_fixture.py). Tolerances are the README's parity promise for f32 (cosine >= 0.99999,
 //! max |diff| <= 1e-5), and for bf16 its documented bound and the reference's own bf16.
 
-mod common;
-
-use common::{assert_close, compare, fixtures, floats, ids};
 use koe5_core::{Embedder, Kind, Precision};
+use koe5_testkit::{assert_close, compare, fixtures, floats, ids};
 use serde_json::Value;
 
 fn expected() -> Vec<Value> {
-    let text = std::fs::read_to_string(fixtures().join("expected.json")).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["cases"].as_array().unwrap().clone()
+    koe5_testkit::cases()
 }
 
 fn kinds() -> [(Kind, &'static str); 2] {
@@ -145,8 +141,8 @@ fn bf16_vectors_stay_within_the_documented_bound_on_both_kernels() {
     // The portable kernel computes the same sums in another order: equal within f32
     // rounding, whatever this CPU has.
     let a: Vec<f32> = (0..64 * 70).map(|i| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5).collect();
-    use koe5_core::kernels::{matmul, Epilogue, Format, Packed};
-    let w = Packed::pack(&a, 64, 70, Format::Bf16).unwrap();
+    use koe5_core::kernels::{matmul, Epilogue, Packed};
+    let w = Packed::pack(&a, 64, 70, Precision::Bf16).unwrap();
     let bias: Vec<f32> = (0..70).map(|i| i as f32 / 100.0).collect();
     let x = &a[..64 * 64];
     let run = |fast| {

@@ -12,14 +12,12 @@
 //! README's parity promise); the default precision within the README's documented
 //! bf16 bound (cosine >= 0.9999) and no worse in retrieval than f32.
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use common::{compare, figure, floats, ids};
 use koe5_core::{Embedder, Kind, Precision};
+use koe5_testkit::{compare, figure, floats, ids};
 use serde_json::Value;
 
 fn model_dir() -> PathBuf {

@@ -28,7 +28,3 @@ pub use bf16::{bf16_bits, bf16_to_f32};
 pub use cpu::{cpu_vendor, has_avx512_bf16, has_avx512f};
 pub use layer_norm::layer_norm;
 pub use matmul::{has_fast_path, matmul, Epilogue, Packed};
-
-/// The name a packed weight's storage had before it became [`Precision`] (one type for
-/// the caller's choice and the kernels' layout); kept so callers can move over.
-pub use crate::precision::Precision as Format;
