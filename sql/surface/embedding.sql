@@ -1,7 +1,7 @@
 -- koe5: embedding. Texts in, unit-length real[] vectors out, one at a time or in
 -- batches. The functions are IMMUTABLE: a text's vector depends on the loaded model
 -- (koe5_model_info() identifies it by SHA-256) and on koe5.precision (bf16 vectors
--- differ from f32 ones in the third decimal; README, Precision). Re-embed stored
+-- differ slightly from f32 ones, cosine >= 0.9999: README, Precision). Re-embed stored
 -- vectors after changing either.
 
 CREATE FUNCTION koe5_query(text) RETURNS real[]
