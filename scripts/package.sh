@@ -3,9 +3,9 @@
 # machine has, Debian's and the one scripts/setup.sh put in $KOE5_HOME) and packages
 # the release build:
 #
-#   target/packages/postgresql-15-koe5_0.3.0_amd64.deb         koe5 for a Debian PostgreSQL
-#   target/packages/postgresql-15-koe5-vector_0.3.0_amd64.deb  the koe5_vector companion
-#   target/packages/koe5-0.3.0-pg15-x86_64-linux.tar.gz        the same files, for any system
+#   target/packages/postgresql-15-koe5_VERSION_amd64.deb         koe5 for a Debian PostgreSQL
+#   target/packages/postgresql-15-koe5-vector_VERSION_amd64.deb  the koe5_vector companion
+#   target/packages/koe5-VERSION-pg15-x86_64-linux.tar.gz        the same files, for any system
 #
 # A .deb is made for a PostgreSQL installed the Debian way (/usr/lib/postgresql/N); a
 # tarball for every one. The tarball holds lib/ and share/extension/: copy them into

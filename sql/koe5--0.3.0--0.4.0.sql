@@ -1,11 +1,13 @@
--- koe5 0.4.0: the same surface, arranged by concept (sql/surface/), and the pipelines'
--- shared pieces named once. Nothing a user calls changes behaviour:
---   koe5__embed(text, kind) and koe5__embed(text[], kind) choose the embedding function
---     by kind for the trigger, the backfill and the queue (no more 'koe5_' || kind);
---   koe5__row_key() renders a row's key for the queue and koe5__key_match() joins it
---     back (the key builder was written three times);
+-- koe5 0.4.0: the same surface, arranged by concept (sql/surface/), with the pipelines'
+-- shared pieces named once:
+--   koe5__embed(text, kind) and koe5__embed(text[], kind) choose koe5_passage or
+--     koe5_query by kind for the trigger, the backfill and the queue (no more
+--     'koe5_' || kind string building);
+--   koe5__key_text() writes the row-key expression the queue's trigger and
+--     koe5_enqueue_table() evaluate, koe5__key_match() the join that reads it back;
 --   koe5__due() is what "due" means for a queue entry, and the background worker asks
---     koe5__due_tables() and koe5__note_batch_failure() instead of knowing the tables;
+--     koe5__due_tables() and koe5__note_batch_failure() instead of knowing the tables
+--     (a database not yet updated keeps its queue until it is);
 --   koe5__backfill_lock_key() names the backfill's advisory-lock key for the procedure
 --     and its progress view, and the procedure names its failure limit once.
 -- And where a site's ALTER DEFAULT PRIVILEGES gave PUBLIC everything on new tables,
@@ -15,15 +17,22 @@
 -- A fresh install (sql/surface/) and this update give the same objects (tested).
 \echo Use "ALTER EXTENSION koe5 UPDATE TO '0.4.0'" to load this file. \quit
 
--- The pipelines' one way to embed by kind ('passage' or 'query', any other is an
--- error): the trigger, the backfill and the queue choose the function through these.
+-- The pipelines' one way to embed by kind ('passage' or 'query'; they check the kind
+-- first): the trigger, the backfill and the queue choose the function through these.
+-- Plain SQL over koe5_passage and koe5_query, so a site's REVOKE EXECUTE on either
+-- holds for the pipelines too.
 CREATE FUNCTION koe5__embed(body text, kind text) RETURNS real[]
-    IMMUTABLE STRICT PARALLEL SAFE COST 10000
-    LANGUAGE c AS 'MODULE_PATHNAME', 'koe5_embed_kind_wrapper';
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql
+    RETURN CASE kind WHEN 'query' THEN @extschema@.koe5_query(body)
+                     WHEN 'passage' THEN @extschema@.koe5_passage(body) END;
 
 CREATE FUNCTION koe5__embed(bodies text[], kind text) RETURNS SETOF real[]
-    IMMUTABLE STRICT PARALLEL SAFE COST 10000 ROWS 100
-    LANGUAGE c AS 'MODULE_PATHNAME', 'koe5_embed_kind_batch_wrapper';
+    IMMUTABLE STRICT PARALLEL SAFE ROWS 100 LANGUAGE sql
+BEGIN ATOMIC
+    SELECT q.e FROM @extschema@.koe5_query(bodies) AS q(e) WHERE kind = 'query'
+    UNION ALL
+    SELECT p.e FROM @extschema@.koe5_passage(bodies) AS p(e) WHERE kind = 'passage';
+END;
 
 CREATE OR REPLACE FUNCTION koe5_embed_trigger() RETURNS trigger
     LANGUAGE plpgsql
@@ -64,11 +73,11 @@ BEGIN
 END
 $$;
 
--- A run holds an advisory lock (this key and the run id) in each of its batch
--- transactions; a run marked running whose lock nobody holds was stopped.
+-- A run holds an advisory lock (this key, 'koe5' in ASCII, and the run id) in each of
+-- its batch transactions; a run marked running whose lock nobody holds was stopped.
 CREATE FUNCTION koe5__backfill_lock_key() RETURNS integer
     IMMUTABLE PARALLEL SAFE LANGUAGE sql
-    RETURN 1802462517;  -- 'koe5' in ASCII
+    RETURN 1802462517;
 
 CREATE OR REPLACE VIEW koe5_backfill_progress AS
 SELECT r.run_id,
@@ -126,7 +135,8 @@ DECLARE
     fatal_detail text;
     fatal_hint text;
     max_streak CONSTANT integer := 32;
-    stopped_hint CONSTANT text := format('koe5_backfill stopped after %s rows in a row failed; the rows embedded before are kept.', max_streak);
+    -- (qualified: DECLARE runs before search_path is pinned)
+    stopped_hint CONSTANT text := pg_catalog.format('koe5_backfill stopped after %s rows in a row failed; the rows embedded before are kept.', max_streak);
     started timestamptz := pg_catalog.clock_timestamp();
     last_notice timestamptz := started;
     r record;
@@ -334,27 +344,18 @@ BEGIN ATOMIC
 END;
 REVOKE ALL ON FUNCTION koe5__note_batch_failure(regclass, text) FROM PUBLIC;
 
--- The queue's name for a row of `rel`: its primary key's values as text, in key order.
--- Written here (the queue's trigger, koe5_enqueue_table()) and read back by
--- koe5_process_queue_table(), which casts the values under the same settings.
-CREATE FUNCTION koe5__row_key(rel regclass, r anyelement) RETURNS text[]
-    STABLE PARALLEL SAFE LANGUAGE plpgsql
+-- The queue's name for a row of `rel`, as an expression over the row `r` (a record
+-- reference such as '($1)' or a table alias): its primary key's values as text, in key
+-- order; ARRAY[]::text[] when `rel` has no primary key. The functions that evaluate it
+-- (the queue's trigger, koe5_enqueue_table()) and the one that casts the values back
+-- (koe5_process_queue_table()) carry the same rendering settings.
+CREATE FUNCTION koe5__key_text(rel regclass, r text) RETURNS text
+    STABLE PARALLEL SAFE LANGUAGE sql
     SET search_path = pg_catalog, pg_temp
-    -- key values are stored as text: render them the way processing reads them back
-    SET DateStyle = 'ISO, MDY'
-    SET IntervalStyle = 'postgres'
-    SET extra_float_digits = 3
-AS $$
-DECLARE
-    row_key text[];
-BEGIN
-    EXECUTE format('SELECT ARRAY[%s]::text[]',
-                   (SELECT string_agg(format('($1).%I::text', c), ', ')
-                    FROM unnest((@extschema@.koe5__key_columns(rel)).names) AS c))
-        INTO row_key USING r;
-    RETURN row_key;
-END
-$$;
+BEGIN ATOMIC
+    SELECT format('ARRAY[%s]::text[]', string_agg(format('%s.%I::text', r, c.name), ', ' ORDER BY c.ord))
+    FROM @extschema@.koe5__key_columns(rel) AS k, unnest(k.names) WITH ORDINALITY AS c(name, ord);
+END;
 
 -- The condition that joins the queue (alias q) to `rel` (alias t) on the row key, each
 -- key value cast back to its column's type; NULL when `rel` has no primary key.
@@ -371,11 +372,16 @@ END;
 CREATE OR REPLACE FUNCTION koe5__enqueue_trigger() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
+    -- key values are stored as text: render them the way processing reads them back
+    SET DateStyle = 'ISO, MDY'
+    SET IntervalStyle = 'postgres'
+    SET extra_float_digits = 3
 AS $$
 DECLARE
     reg record;
     source text;
     target text;
+    keys text;
     new_text text;
     old_text text;
     row_key text[];
@@ -391,13 +397,14 @@ BEGIN
     END IF;
     source := @extschema@.koe5__column_name(TG_RELID, reg.source_attnum);
     target := @extschema@.koe5__column_name(TG_RELID, reg.target_attnum);
-    row_key := @extschema@.koe5__row_key(TG_RELID, NEW);
+    keys := @extschema@.koe5__key_text(TG_RELID, '($1)');
+    EXECUTE 'SELECT ' || keys INTO row_key USING NEW;
     IF TG_OP = 'UPDATE' THEN
         -- Queue when the text changed, when the row got a new key (its old entry
         -- will find nothing), or when the target was emptied (a request to embed again).
         EXECUTE format('SELECT ($1).%1$I::text, ($2).%1$I::text, ($1).%2$I IS NULL AND ($2).%2$I IS NOT NULL',
                        source, target) INTO new_text, old_text, emptied USING NEW, OLD;
-        old_key := @extschema@.koe5__row_key(TG_RELID, OLD);
+        EXECUTE 'SELECT ' || keys INTO old_key USING OLD;
         IF new_text IS NOT DISTINCT FROM old_text AND row_key = old_key AND NOT (emptied AND new_text IS NOT NULL) THEN
             RETURN NULL;
         END IF;
@@ -411,6 +418,9 @@ CREATE OR REPLACE FUNCTION koe5_enqueue_table(tbl regclass, source text, target 
     RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
+    SET DateStyle = 'ISO, MDY'
+    SET IntervalStyle = 'postgres'
+    SET extra_float_digits = 3
 AS $$
 DECLARE
     key record;
@@ -443,18 +453,18 @@ BEGIN
                     FOR EACH ROW EXECUTE FUNCTION %s.koe5__enqueue_trigger()', tbl, '@extschema@');
     -- Rows already in the table that lack an embedding join the queue too (once).
     EXECUTE format('INSERT INTO %1$s.koe5_queue (relid, row_key)
-                    SELECT $1, k.row_key FROM %2$s AS t, LATERAL (SELECT %1$s.koe5__row_key($1, t) AS row_key) AS k
-                    WHERE t.%3$I IS NULL AND t.%4$I IS NOT NULL
+                    SELECT $1, k.row_key FROM %2$s AS t, LATERAL (SELECT %3$s AS row_key) AS k
+                    WHERE t.%4$I IS NULL AND t.%5$I IS NOT NULL
                       AND NOT EXISTS (SELECT FROM %1$s.koe5_queue q
                                       WHERE q.relid = $1 AND q.row_key = k.row_key AND q.failed_at IS NULL)',
-                   '@extschema@', tbl, target, source)
+                   '@extschema@', tbl, @extschema@.koe5__key_text(tbl, 't'), target, source)
         USING tbl;
 END
 $$;
 
 -- Embeds the next batch of one table's queue, as the calling user (the worker calls it
--- as the table's owner). Its settings are the ones koe5__row_key() renders keys in:
--- the casts of `match` read them back.
+-- as the table's owner). Its settings are the ones row keys are rendered in (see
+-- koe5__key_text()): the casts of `match` read them back.
 CREATE OR REPLACE FUNCTION koe5_process_queue_table(tbl regclass, max_rows integer DEFAULT 64) RETURNS integer
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp

@@ -85,32 +85,6 @@ fn koe5_passage_batch(texts: Array<'_, &[u8]>) -> SetOfIterator<'static, Option<
     SetOfIterator::new(embed_array(Kind::Passage, texts))
 }
 
-/// The kind of text a pipeline names in SQL: 'passage' or 'query'.
-fn kind_named(kind: &[u8]) -> Kind {
-    match kind {
-        b"passage" => Kind::Passage,
-        b"query" => Kind::Query,
-        _ => report(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("invalid embedding kind \"{}\"", to_utf8(kind)),
-            None,
-            Some("Use 'passage' or 'query'.".to_owned()),
-        ),
-    }
-}
-
-/// `koe5__embed(text, kind)`: the pipelines' dispatch by kind (sql/surface/embedding.sql).
-#[pg_extern(sql = false)]
-fn koe5_embed_kind(text: &[u8], kind: &[u8]) -> Vec<f32> {
-    embed_text(kind_named(kind), text)
-}
-
-/// `koe5__embed(text[], kind)`, the batch form.
-#[pg_extern(sql = false)]
-fn koe5_embed_kind_batch(texts: Array<'_, &[u8]>, kind: &[u8]) -> SetOfIterator<'static, Option<Vec<f32>>> {
-    SetOfIterator::new(embed_array(kind_named(kind), texts))
-}
-
 fn data_error(code: PgSqlErrorCode, message: &str) -> ! {
     report(code, message.to_owned(), None, None)
 }

@@ -186,8 +186,14 @@ static OLD_VERSION_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::At
 fn due_tables() -> Option<(String, Vec<(pg_sys::Oid, pg_sys::Oid)>)> {
     let (schema, current) = Spi::connect(|c| {
         c.select(
+            // The worker runs as a superuser: it calls koe5__due_tables() only if that is
+            // the extension's own (a member of it), never one a role made in its schema.
             "SELECT pg_catalog.quote_ident(n.nspname), e.extversion,
-                    pg_catalog.to_regprocedure(pg_catalog.quote_ident(n.nspname) || '.koe5__due_tables()') IS NOT NULL
+                    EXISTS (SELECT FROM pg_catalog.pg_depend d
+                            WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                              AND d.objid = pg_catalog.to_regprocedure(pg_catalog.quote_ident(n.nspname) || '.koe5__due_tables()')
+                              AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+                              AND d.refobjid = e.oid AND d.deptype = 'e')
              FROM pg_catalog.pg_extension e
              JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
              WHERE e.extname = 'koe5'",
@@ -204,12 +210,13 @@ fn due_tables() -> Option<(String, Vec<(pg_sys::Oid, pg_sys::Oid)>)> {
         })
     })?;
     // What is due is the extension's to say (koe5__due_tables(), since 0.4.0): a database
-    // whose koe5 is older, not yet updated, keeps its queue until ALTER EXTENSION UPDATE.
+    // whose koe5 is older, not yet updated, keeps its queue (writers go on adding to it)
+    // until ALTER EXTENSION UPDATE. 0.1.0 had no queue.
     if let Err(version) = current {
-        if !OLD_VERSION_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            log!(
-                "koe5 worker: koe5 {version} in this database predates the library's queue functions; \
-                 its queue waits for ALTER EXTENSION koe5 UPDATE"
+        if version != "0.1.0" && !OLD_VERSION_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            warning!(
+                "koe5 worker: koe5 {version} in this database predates this library's queue functions; \
+                 its queue is embedded again after ALTER EXTENSION koe5 UPDATE"
             );
         }
         return None;

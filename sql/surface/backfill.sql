@@ -39,11 +39,11 @@ REVOKE ALL ON SEQUENCE koe5_backfill_runs_run_id_seq FROM PUBLIC;
 GRANT SELECT, INSERT ON koe5_backfill_runs TO PUBLIC;
 GRANT UPDATE (updated_at, finished_at, rows_done, rows_failed, state, last_error) ON koe5_backfill_runs TO PUBLIC;
 
--- A run holds an advisory lock (this key and the run id) in each of its batch
--- transactions; a run marked running whose lock nobody holds was stopped.
+-- A run holds an advisory lock (this key, 'koe5' in ASCII, and the run id) in each of
+-- its batch transactions; a run marked running whose lock nobody holds was stopped.
 CREATE FUNCTION koe5__backfill_lock_key() RETURNS integer
     IMMUTABLE PARALLEL SAFE LANGUAGE sql
-    RETURN 1802462517;  -- 'koe5' in ASCII
+    RETURN 1802462517;
 
 CREATE VIEW koe5_backfill_progress AS
 SELECT r.run_id,
@@ -107,7 +107,8 @@ DECLARE
     fatal_detail text;
     fatal_hint text;
     max_streak CONSTANT integer := 32;
-    stopped_hint CONSTANT text := format('koe5_backfill stopped after %s rows in a row failed; the rows embedded before are kept.', max_streak);
+    -- (qualified: DECLARE runs before search_path is pinned)
+    stopped_hint CONSTANT text := pg_catalog.format('koe5_backfill stopped after %s rows in a row failed; the rows embedded before are kept.', max_streak);
     started timestamptz := pg_catalog.clock_timestamp();
     last_notice timestamptz := started;
     r record;

@@ -42,11 +42,18 @@ CREATE FUNCTION koe5_token_count(text) RETURNS integer
 COMMENT ON FUNCTION koe5_token_count(text) IS
     'Tokens the model sees for a passage before truncation, prefix and special tokens included';
 
--- The pipelines' one way to embed by kind ('passage' or 'query', any other is an
--- error): the trigger, the backfill and the queue choose the function through these.
+-- The pipelines' one way to embed by kind ('passage' or 'query'; they check the kind
+-- first): the trigger, the backfill and the queue choose the function through these.
+-- Plain SQL over koe5_passage and koe5_query, so a site's REVOKE EXECUTE on either
+-- holds for the pipelines too.
 CREATE FUNCTION koe5__embed(body text, kind text) RETURNS real[]
-    IMMUTABLE STRICT PARALLEL SAFE COST 10000
-    LANGUAGE c AS 'MODULE_PATHNAME', 'koe5_embed_kind_wrapper';
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql
+    RETURN CASE kind WHEN 'query' THEN @extschema@.koe5_query(body)
+                     WHEN 'passage' THEN @extschema@.koe5_passage(body) END;
 CREATE FUNCTION koe5__embed(bodies text[], kind text) RETURNS SETOF real[]
-    IMMUTABLE STRICT PARALLEL SAFE COST 10000 ROWS 100
-    LANGUAGE c AS 'MODULE_PATHNAME', 'koe5_embed_kind_batch_wrapper';
+    IMMUTABLE STRICT PARALLEL SAFE ROWS 100 LANGUAGE sql
+BEGIN ATOMIC
+    SELECT q.e FROM @extschema@.koe5_query(bodies) AS q(e) WHERE kind = 'query'
+    UNION ALL
+    SELECT p.e FROM @extschema@.koe5_passage(bodies) AS p(e) WHERE kind = 'passage';
+END;

@@ -100,27 +100,18 @@ BEGIN ATOMIC
 END;
 REVOKE ALL ON FUNCTION koe5__note_batch_failure(regclass, text) FROM PUBLIC;
 
--- The queue's name for a row of `rel`: its primary key's values as text, in key order.
--- Written here (the queue's trigger, koe5_enqueue_table()) and read back by
--- koe5_process_queue_table(), which casts the values under the same settings.
-CREATE FUNCTION koe5__row_key(rel regclass, r anyelement) RETURNS text[]
-    STABLE PARALLEL SAFE LANGUAGE plpgsql
+-- The queue's name for a row of `rel`, as an expression over the row `r` (a record
+-- reference such as '($1)' or a table alias): its primary key's values as text, in key
+-- order; ARRAY[]::text[] when `rel` has no primary key. The functions that evaluate it
+-- (the queue's trigger, koe5_enqueue_table()) and the one that casts the values back
+-- (koe5_process_queue_table()) carry the same rendering settings.
+CREATE FUNCTION koe5__key_text(rel regclass, r text) RETURNS text
+    STABLE PARALLEL SAFE LANGUAGE sql
     SET search_path = pg_catalog, pg_temp
-    -- key values are stored as text: render them the way processing reads them back
-    SET DateStyle = 'ISO, MDY'
-    SET IntervalStyle = 'postgres'
-    SET extra_float_digits = 3
-AS $$
-DECLARE
-    row_key text[];
-BEGIN
-    EXECUTE format('SELECT ARRAY[%s]::text[]',
-                   (SELECT string_agg(format('($1).%I::text', c), ', ')
-                    FROM unnest((@extschema@.koe5__key_columns(rel)).names) AS c))
-        INTO row_key USING r;
-    RETURN row_key;
-END
-$$;
+BEGIN ATOMIC
+    SELECT format('ARRAY[%s]::text[]', string_agg(format('%s.%I::text', r, c.name), ', ' ORDER BY c.ord))
+    FROM @extschema@.koe5__key_columns(rel) AS k, unnest(k.names) WITH ORDINALITY AS c(name, ord);
+END;
 
 -- The condition that joins the queue (alias q) to `rel` (alias t) on the row key, each
 -- key value cast back to its column's type; NULL when `rel` has no primary key.
@@ -137,11 +128,16 @@ END;
 CREATE FUNCTION koe5__enqueue_trigger() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
+    -- key values are stored as text: render them the way processing reads them back
+    SET DateStyle = 'ISO, MDY'
+    SET IntervalStyle = 'postgres'
+    SET extra_float_digits = 3
 AS $$
 DECLARE
     reg record;
     source text;
     target text;
+    keys text;
     new_text text;
     old_text text;
     row_key text[];
@@ -157,13 +153,14 @@ BEGIN
     END IF;
     source := @extschema@.koe5__column_name(TG_RELID, reg.source_attnum);
     target := @extschema@.koe5__column_name(TG_RELID, reg.target_attnum);
-    row_key := @extschema@.koe5__row_key(TG_RELID, NEW);
+    keys := @extschema@.koe5__key_text(TG_RELID, '($1)');
+    EXECUTE 'SELECT ' || keys INTO row_key USING NEW;
     IF TG_OP = 'UPDATE' THEN
         -- Queue when the text changed, when the row got a new key (its old entry
         -- will find nothing), or when the target was emptied (a request to embed again).
         EXECUTE format('SELECT ($1).%1$I::text, ($2).%1$I::text, ($1).%2$I IS NULL AND ($2).%2$I IS NOT NULL',
                        source, target) INTO new_text, old_text, emptied USING NEW, OLD;
-        old_key := @extschema@.koe5__row_key(TG_RELID, OLD);
+        EXECUTE 'SELECT ' || keys INTO old_key USING OLD;
         IF new_text IS NOT DISTINCT FROM old_text AND row_key = old_key AND NOT (emptied AND new_text IS NOT NULL) THEN
             RETURN NULL;
         END IF;
@@ -177,6 +174,9 @@ CREATE FUNCTION koe5_enqueue_table(tbl regclass, source text, target text, kind 
     RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
+    SET DateStyle = 'ISO, MDY'
+    SET IntervalStyle = 'postgres'
+    SET extra_float_digits = 3
 AS $$
 DECLARE
     key record;
@@ -209,11 +209,11 @@ BEGIN
                     FOR EACH ROW EXECUTE FUNCTION %s.koe5__enqueue_trigger()', tbl, '@extschema@');
     -- Rows already in the table that lack an embedding join the queue too (once).
     EXECUTE format('INSERT INTO %1$s.koe5_queue (relid, row_key)
-                    SELECT $1, k.row_key FROM %2$s AS t, LATERAL (SELECT %1$s.koe5__row_key($1, t) AS row_key) AS k
-                    WHERE t.%3$I IS NULL AND t.%4$I IS NOT NULL
+                    SELECT $1, k.row_key FROM %2$s AS t, LATERAL (SELECT %3$s AS row_key) AS k
+                    WHERE t.%4$I IS NULL AND t.%5$I IS NOT NULL
                       AND NOT EXISTS (SELECT FROM %1$s.koe5_queue q
                                       WHERE q.relid = $1 AND q.row_key = k.row_key AND q.failed_at IS NULL)',
-                   '@extschema@', tbl, target, source)
+                   '@extschema@', tbl, @extschema@.koe5__key_text(tbl, 't'), target, source)
         USING tbl;
 END
 $$;
@@ -244,8 +244,8 @@ COMMENT ON FUNCTION koe5_dequeue_table(regclass) IS
     'Stops background embedding for a table: drops its queue trigger and its queue';
 
 -- Embeds the next batch of one table's queue, as the calling user (the worker calls it
--- as the table's owner). Its settings are the ones koe5__row_key() renders keys in:
--- the casts of `match` read them back.
+-- as the table's owner). Its settings are the ones row keys are rendered in (see
+-- koe5__key_text()): the casts of `match` read them back.
 CREATE FUNCTION koe5_process_queue_table(tbl regclass, max_rows integer DEFAULT 64) RETURNS integer
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp

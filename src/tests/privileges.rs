@@ -283,6 +283,7 @@ mod client {
                  AS 'SELECT ARRAY[evil.hijacked()]::real[]';
              CREATE FUNCTION evil.koe5_query(text) RETURNS real[] LANGUAGE sql AS 'SELECT ARRAY[evil.hijacked()]::real[]';
              CREATE FUNCTION evil.format(text, text) RETURNS text LANGUAGE sql AS 'SELECT evil.hijacked()::text';
+             CREATE FUNCTION evil.format(text, integer) RETURNS text LANGUAGE sql AS 'SELECT evil.hijacked()::text';
              CREATE FUNCTION evil.fake_agg(tid[], tid) RETURNS tid[] LANGUAGE sql AS 'SELECT NULL::tid[]';
              CREATE FUNCTION evil.fake_final(tid[]) RETURNS tid[] LANGUAGE sql AS 'SELECT ARRAY[evil.hijacked()::text::tid]';
              CREATE AGGREGATE evil.array_agg(tid) (SFUNC = evil.fake_agg, STYPE = tid[], FINALFUNC = evil.fake_final);

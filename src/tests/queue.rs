@@ -9,6 +9,20 @@ mod tests {
 
     use crate::tests::harness::*;
 
+    /// What is due is one SQL function (koe5__due), inlined where it is used, so the
+    /// queue's partial index on pending entries still serves the due-entry scan.
+    #[pg_test]
+    fn the_due_predicate_uses_the_pending_index() {
+        Spi::run("SET LOCAL enable_seqscan = off").unwrap();
+        let plan = explain(
+            "EXPLAIN (COSTS OFF) SELECT id FROM koe5_queue
+             WHERE relid = 'pg_class'::regclass AND koe5__due(failed_at, next_attempt_at) ORDER BY id LIMIT 64",
+            &[],
+        );
+        assert!(plan.contains("koe5_queue_pending"), "{plan}");
+        assert!(!plan.contains("koe5__due"), "inlined, not called per row: {plan}");
+    }
+
     #[pg_test]
     fn queue_and_backfill_refuse_what_they_cannot_do() {
         use_fixture("tiny-xlmr");

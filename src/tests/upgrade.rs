@@ -1,4 +1,4 @@
-//! Upgrades from the released 0.1.0 and 0.2.0 keep the data and give exactly what a
+//! Upgrades from the released 0.1.0, 0.2.0 and 0.3.0 keep the data and give exactly what a
 //! fresh install gives.
 
 #[cfg(test)]
