@@ -78,41 +78,15 @@ pub struct Options {
 /// `및`, `등` and `또는`, as a word of their own. Measured on data/ko (the constitution
 /// and a bill, 65 KB): each occurs as a piece there. Some are also pieces of other words
 /// (`이` in `이 법`, `가` in `가능`); [`tokens`] never filters them, a dictionary may.
+#[rustfmt::skip]
 pub const KOREAN_PARTICLES: &[&str] = &[
     // Case, topic and connective particles.
-    "을",
-    "를",
-    "이",
-    "가",
-    "은",
-    "는",
-    "의",
-    "에",
-    "에서",
-    "에게",
-    "에는",
-    "으로",
-    "로",
-    "으로서",
-    "로서",
-    "와",
-    "과",
-    "도",
-    "만",
-    "까지",
-    "부터",
-    "이나",
-    "이다",
+    "을", "를", "이", "가", "은", "는", "의", "에", "에서", "에게", "에는",
+    "으로", "로", "으로서", "로서", "와", "과", "도", "만", "까지", "부터", "이나", "이다",
     // Endings of 하다, frequent in legal and administrative text.
-    "한다",
-    "하는",
-    "하여",
-    "하여야",
-    "하고",
+    "한다", "하는", "하여", "하여야", "하고",
     // Conjunctions and "and so on", words of their own.
-    "및",
-    "등",
-    "또는",
+    "및", "등", "또는",
 ];
 
 /// The lexeme of a piece or word of text: NFKC, lower-cased, without `▁` and
@@ -171,7 +145,16 @@ fn tokens_in_windows(
 fn segment_window(tok: &TextTokenizer, text: &str, from: usize, to: usize, out: &mut Builder) -> Result<()> {
     let w = &text[from..to];
     let seen = hide_separators(w);
-    let mut cuts: Vec<usize> = tok.content_offsets(&seen)?.into_iter().map(|(_, end)| end).collect();
+    let offsets = tok.content_offsets(&seen)?;
+    // A piece ends where a token ends, unless the next token starts before that: tokens
+    // that share a character (one the normalizer expands, as `㈜` into `(`, `주`, `)`, or
+    // the first character, onto which the `▁` put before a text is mapped) stay one piece.
+    let mut cuts: Vec<usize> = offsets
+        .iter()
+        .zip(offsets.iter().skip(1).map(Some).chain([None]))
+        .filter(|(this, next)| next.is_none_or(|next| next.0 >= this.1))
+        .map(|(this, _)| this.1)
+        .collect();
     // Offsets are in order for sound text; sorting makes any drift harmless.
     cuts.sort_unstable();
     cuts.dedup();
@@ -309,7 +292,7 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn tokenizer() -> TextTokenizer {
+    pub(super) fn tokenizer() -> TextTokenizer {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-xlmr/tokenizer.json");
         TextTokenizer::from_file(&p, 512, false).unwrap()
     }
@@ -365,5 +348,20 @@ mod tests {
                 assert!(windows >= text.len() / (4 * window), "{windows} windows of {window}");
             }
         }
+    }
+
+    #[test]
+    fn unspaced_windows_differ_from_the_whole_text_only_at_their_cuts() {
+        let t = tokenizer();
+        let text = "대한민국의모든국민은인간으로서의존엄과가치를가진다".repeat(300);
+        let pieces = |window| {
+            let got = tokens_in_windows(&t, &text, &Options::default(), window, &mut || {}).unwrap();
+            got.into_iter().map(|t| (t.start, t.end)).collect::<std::collections::HashSet<_>>()
+        };
+        let whole = pieces(text.len());
+        let windowed = pieces(1024);
+        let cuts = text.len() / 1024;
+        let differ = windowed.difference(&whole).count();
+        assert!(cuts > 10 && differ <= 3 * cuts, "{differ} pieces differ at {cuts} cuts");
     }
 }
