@@ -17,6 +17,7 @@ pub mod error;
 pub mod files;
 pub mod hub;
 pub mod kernels;
+pub mod lexical;
 pub mod model;
 pub mod pooling;
 mod precision;
