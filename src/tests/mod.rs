@@ -19,6 +19,7 @@
 //! - `download`: model ids in the Hugging Face cache, koe5_download().
 //! - `pipelines`: generated columns, koe5_embed_trigger, the pgvector recipes.
 //! - `queue`: the queue, the background worker and koe5_backfill.
+//! - `textsearch`: the Korean text search configuration `koe5` (parser, dictionaries).
 //! - `upgrade`: upgrades from released versions equal a fresh install.
 //! - `reliability`: load, replaced model files, random text, huge inputs, koe5.preload.
 
@@ -34,6 +35,7 @@ mod parity;
 mod pipelines;
 mod privileges;
 mod queue;
+mod textsearch;
 mod upgrade;
 
 mod reliability;

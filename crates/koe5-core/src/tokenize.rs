@@ -153,7 +153,13 @@ impl TextTokenizer {
     pub fn from_file(path: &Path, max_tokens: usize, lower_case: bool) -> Result<TextTokenizer> {
         let dir = path.parent().unwrap_or(Path::new("/"));
         let bytes = crate::files::read(dir, path, crate::files::MAX_TOKENIZER)?;
-        let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| {
+        TextTokenizer::from_bytes(&bytes, path, max_tokens, lower_case)
+    }
+
+    /// The tokenizer whose tokenizer.json is `bytes` (`path` names it in errors): for one
+    /// built into a program, as the text search parser's is.
+    pub fn from_bytes(bytes: &[u8], path: &Path, max_tokens: usize, lower_case: bool) -> Result<TextTokenizer> {
+        let mut inner = Tokenizer::from_bytes(bytes).map_err(|e| {
             Error::new(ErrorKind::InvalidConfig, format!("invalid tokenizer file \"{}\": {e}", path.display()))
         })?;
         inner.with_truncation(None).map_err(|e| Error::config(path, e))?;
