@@ -220,27 +220,34 @@ def setup_database(srv, model, data, reembed):
                  f"relevant {idt}[] NOT NULL);\n"
                  + copy_block(qt, ["id", "question", "type", "relevant"],
                               [(i, q, ty, pg_array(rel)) for i, q, ty, rel in qs]))
-        fp = hashlib.sha256(json.dumps([docs, dim, env["koe5_so_sha256"], env["model_sha256sums"],
-                                        model, resolved], ensure_ascii=False).encode()).hexdigest()
+        # The embeddings are kept while nothing they depend on changed; any new build of
+        # koe5.so (the others reinstall it often) means embedding again.
+        fp = {"texts": hashlib.sha256(json.dumps(docs, ensure_ascii=False).encode()).hexdigest(),
+              "dimension": dim, "koe5.so": env["koe5_so_sha256"], "model": model,
+              "model SHA256SUMS": env["model_sha256sums"], "auto precision": resolved}
         have = srv.value(f"SELECT v FROM eval_meta WHERE k = {lit(t)}")
+        have = json.loads(have) if have and have.startswith("{") else {}
         rows = srv.value(f"SELECT count(*) FILTER (WHERE emb IS NOT NULL AND emb_auto IS NOT NULL) "
                          f"FROM {t}") if srv.value(f"SELECT to_regclass({lit(t)})") else None
-        if have == fp and rows == str(len(docs)) and not reembed:
+        changed = [k for k in fp if have.get(k) != fp[k]]
+        if not changed and rows == str(len(docs)) and not reembed:
             log(f"{t}: embeddings up to date ({rows} rows)")
             continue
+        why = ("--reembed" if reembed else f"changed: {', '.join(changed)}" if have and changed
+               else "none stored" if not have else "rows missing")
         srv.psql(f"DROP TABLE IF EXISTS {t};\n"
                  f"CREATE TABLE {t} (id {idt} PRIMARY KEY, body text NOT NULL, "
                  f"emb vector({dim}), emb_auto vector({dim}));\n"
                  + copy_block(t, ["id", "body"], docs))
         t0 = time.time()
-        log(f"{t}: embedding {len(docs)} passages at f32 ...")
+        log(f"{t}: embedding {len(docs)} passages at f32 ({why}) ...")
         srv.psql(f"SET koe5.precision = 'f32'; UPDATE {t} SET emb = koe5_passage(body)::vector;")
         if resolved == "f32":
             srv.psql(f"UPDATE {t} SET emb_auto = emb;")
         else:
             log(f"{t}: embedding {len(docs)} passages at auto ({resolved}) ...")
             srv.psql(f"SET koe5.precision = 'auto'; UPDATE {t} SET emb_auto = koe5_passage(body)::vector;")
-        srv.psql(f"ANALYZE {t};\nINSERT INTO eval_meta VALUES ({lit(t)}, {lit(fp)}) "
+        srv.psql(f"ANALYZE {t};\nINSERT INTO eval_meta VALUES ({lit(t)}, {lit(json.dumps(fp))}) "
                  f"ON CONFLICT (k) DO UPDATE SET v = excluded.v;")
         log(f"{t}: embedded in {time.time() - t0:.0f} s")
     return env
@@ -323,35 +330,34 @@ def sortkey(d):
     return (0, int(d), "") if str(d).isdigit() else (1, 0, str(d))
 
 
-def hybrid_function(srv, spec):
-    """koe5_hybrid_search as installed, called as the project documents it; None when
-    the function is absent."""
+def hybrid_function(srv, spec, cfg):
+    """koe5_hybrid_search as installed, called as the project documents it (its defaults
+    for everything but the configuration: k 10, 50 candidates a side, rrf_k 60, equal
+    weights, mode 'or'), the rows in the order it returns them; None when it is absent."""
     procs = srv.psql("SELECT p.oid::regprocedure, pg_get_function_arguments(p.oid), "
                      "pg_get_function_result(p.oid) FROM pg_proc p WHERE p.proname = 'koe5_hybrid_search'")
     if not procs:
         return None, None
     sig = [{"procedure": p[0], "arguments": p[1], "result": p[2]} for p in procs]
-    call = f"koe5_hybrid_search(NULL::{spec['docs']}, q.question, 'emb', 'body', config => 'koe5')"
+    call = f"koe5_hybrid_search(NULL::{spec['docs']}, q.question, 'emb', 'body', config => {lit(cfg)})"
     head = srv.psql(f"SELECT h.* FROM {spec['questions']} q CROSS JOIN LATERAL {call} WITH ORDINALITY AS h "
                     "LIMIT 0", header=True)
     cols = head[0] if head else []
-    idcol = "id" if "id" in cols else None
-    if idcol is None:
-        raise RuntimeError(f"koe5_hybrid_search returns no column named id: {cols} ({sig})")
-    if "rank" in cols:
-        order = "h.rank, h.id"
-    elif "score" in cols:
-        order = "h.score DESC, h.id"
+    if "doc" in cols:        # TABLE (doc anyelement, score, dense_rank, lexical_rank)
+        idexpr = "(h.doc).id"
+    elif "id" in cols:       # SETOF the table's rows
+        idexpr = "h.id"
     else:
-        order = "h.ordinality, h.id"
+        raise RuntimeError(f"koe5_hybrid_search returns neither doc nor id: {cols} ({sig})")
     lists = ranked(srv, f"""
         SELECT qid, rk, id FROM (
-            SELECT q.id AS qid, h.id, row_number() OVER (PARTITION BY q.id ORDER BY {order}) AS rk
+            SELECT q.id AS qid, {idexpr} AS id, h.ordinality AS rk
             FROM {spec['questions']} q CROSS JOIN LATERAL {call} WITH ORDINALITY AS h
         ) s WHERE rk <= {TOP} ORDER BY qid, rk""",
                    prelude="SET koe5.precision = 'f32'; SET enable_indexscan = off; "
                            "SET enable_bitmapscan = off; SET enable_indexonlyscan = off;")
-    return lists, {"signature": sig, "columns": cols, "order_by": order}
+    return lists, {"signature": sig, "columns": cols, "call": call.replace("q.question", "question"),
+                   "order": "as returned (WITH ORDINALITY)", "precision": "f32"}
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -439,21 +445,24 @@ def main():
             L["dense f32"] = dense(srv, spec, "f32", "emb")
             L[f"dense auto ({env['auto_precision']})"] = dense(srv, spec, "auto", "emb_auto")
             L["hybrid(simple) rrf"] = rrf(L["lexical simple OR"], L["dense f32"], qids)
-            if koe5_cfg:
-                L["hybrid(koe5) rrf"] = rrf(L["lexical koe5 OR"], L["dense f32"], qids)
-                fn, how = hybrid_function(srv, spec)
+            for cfg in (["simple", "koe5"] if koe5_cfg else ["simple"]):
+                if cfg == "koe5":
+                    L["hybrid(koe5) rrf"] = rrf(L["lexical koe5 OR"], L["dense f32"], qids)
+                try:
+                    fn, how = hybrid_function(srv, spec, cfg)
+                except RuntimeError as e:
+                    fn, how = None, None
+                    notes[f"hybrid_function_failed ({name}, {cfg})"] = str(e).split("--- script")[0].strip()
                 if fn is not None:
-                    L["hybrid(koe5) function"] = fn
+                    L[f"hybrid({cfg}) function"] = fn
                     notes["hybrid_function"] = how
         elapsed = time.time() - t0
     # lock released: everything below is arithmetic on the fetched lists
 
     if not koe5_cfg:
         notes["koe5_config"] = "skipped: no text search configuration koe5 is installed (pg_ts_config)"
-    if "hybrid_function" not in notes:
-        notes.setdefault("hybrid_function_skipped",
-                         "koe5_hybrid_search is not installed" if koe5_cfg else
-                         "skipped: needs the koe5 configuration (and koe5_hybrid_search is not installed)")
+    if "hybrid_function" not in notes and not any(k.startswith("hybrid_function_failed") for k in notes):
+        notes["hybrid_function_skipped"] = "koe5_hybrid_search is not installed"
     notes["hybrid_rrf"] = (f"script-side reciprocal-rank fusion: k={RRF_K}, equal weights, top {TOP} of the "
                            "lexical OR list and of dense f32 each, ties by dense rank then id")
 
