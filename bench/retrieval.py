@@ -178,7 +178,7 @@ def load_sets():
     return {"constitution": const, "bills": bills}
 
 
-def setup_database(srv, model, data, reembed):
+def setup_database(srv, model, data, reembed, with_sql=None):
     if srv.value(f"SELECT 1 FROM pg_database WHERE datname = {lit(DB)}", db="postgres") is None:
         srv.psql(f"CREATE DATABASE {DB}", db="postgres")
     srv.psql(f"ALTER DATABASE {DB} SET koe5.model_path = {lit(model)}", db="postgres")
@@ -188,6 +188,16 @@ def setup_database(srv, model, data, reembed):
     srv.psql("CREATE EXTENSION IF NOT EXISTS vector;\n"
              "DROP EXTENSION IF EXISTS koe5 CASCADE;\nCREATE EXTENSION koe5;\n")
     srv.psql("CREATE TABLE IF NOT EXISTS eval_meta (k text PRIMARY KEY, v text)")
+    # SQL not yet part of the extension (sql/next/), in a schema of its own on the
+    # database's search_path, made anew each run.
+    srv.psql("DROP SCHEMA IF EXISTS koe5_next CASCADE", db=DB)
+    if with_sql:
+        body = Path(with_sql).read_text(encoding="utf-8")
+        body = body.replace("MODULE_PATHNAME", "$libdir/koe5").replace("@extschema@", "koe5_next")
+        srv.psql("CREATE SCHEMA koe5_next;\nSET search_path = koe5_next, public;\n" + body)
+        srv.psql(f"ALTER DATABASE {DB} SET search_path = public, koe5_next", db="postgres")
+    else:
+        srv.psql(f"ALTER DATABASE {DB} RESET search_path", db="postgres")
 
     info = {}
     for prec in ("f32", "auto"):
@@ -411,6 +421,7 @@ def main():
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--reembed", action="store_true", help="embed the documents again even if unchanged")
     ap.add_argument("--stop", action="store_true", help="stop the server and exit")
+    ap.add_argument("--with-sql", help="also install this SQL file (e.g. sql/next/textsearch.sql) in schema koe5_next")
     args = ap.parse_args()
 
     srv = Server(find_pgbin(args.pgbin), args.datadir, args.port)
@@ -429,7 +440,7 @@ def main():
             fcntl.flock(lockf, fcntl.LOCK_EX)
         t0 = time.time()
         srv.ensure()
-        env = setup_database(srv, args.model, data, args.reembed)
+        env = setup_database(srv, args.model, data, args.reembed, args.with_sql)
         # (PostgreSQL has no to_regconfig(): look the configuration up in the catalog.)
         koe5_cfg = srv.value("SELECT count(*) FROM pg_ts_config "
                              "WHERE cfgname = 'koe5' AND pg_ts_config_is_visible(oid)") != "0"
