@@ -49,7 +49,8 @@ extension_sql_file!("../sql/surface/chunking.sql", name = "chunking", requires =
 extension_sql_file!("../sql/surface/pipeline.sql", name = "pipeline", requires = ["chunking"]);
 extension_sql_file!("../sql/surface/trigger.sql", name = "trigger", requires = ["pipeline"]);
 extension_sql_file!("../sql/surface/backfill.sql", name = "backfill", requires = ["trigger"]);
-extension_sql_file!("../sql/surface/queue.sql", name = "queue", requires = ["backfill"], finalize);
+extension_sql_file!("../sql/surface/queue.sql", name = "queue", requires = ["backfill"]);
+extension_sql_file!("../sql/surface/hybrid.sql", name = "hybrid", requires = ["queue"], finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
