@@ -19,6 +19,8 @@
 //! - `download`: model ids in the Hugging Face cache, koe5_download().
 //! - `pipelines`: generated columns, koe5_embed_trigger, the pgvector recipes.
 //! - `queue`: the queue, the background worker and koe5_backfill.
+//! - `hybrid`: koe5_hybrid_search against a brute-force fusion, its plans (HNSW and
+//!   GIN), quoted names, a hostile search_path, row-level security, its errors.
 //! - `upgrade`: upgrades from released versions equal a fresh install.
 //! - `reliability`: load, replaced model files, random text, huge inputs, koe5.preload.
 
@@ -29,6 +31,7 @@ mod cancel;
 mod download;
 mod encodings;
 mod functions;
+mod hybrid;
 mod model;
 mod parity;
 mod pipelines;
