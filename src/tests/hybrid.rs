@@ -267,6 +267,7 @@ mod client {
 
     /// The plan of a search, with the query embedding as a parameter (a generic plan,
     /// so the 32 floats stay out of it).
+    #[cfg(feature = "pg18")]
     fn plan(c: &mut Client, table: &str, text_column: &str, s: Search) -> String {
         let statement: String = c
             .query_one(
@@ -420,19 +421,16 @@ mod client {
         let search = "SELECT (h.doc).id, (h.doc).reader::text, h.score, h.dense_rank, h.lexical_rank
                       FROM koe5_hybrid_search(NULL::\"My Docs\", '헌법재판소의 권한', 'e m b', 'b o d y',
                                               k => 200, candidates => 60, config => 'hybrid_ko') AS h";
-        let run = |c: &mut Client| -> Vec<(i32, String, f64, Option<i32>, Option<i32>)> {
-            c.query(search, &[]).unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect()
-        };
         // The owner (who bypasses the policy) sees every row; the reader only theirs, and
         // still `candidates` of them on the dense side.
         c.batch_execute("SET search_path = evil, public, pg_catalog").unwrap();
-        let owner = run(&mut c);
+        let owner = search_as(&mut c, search);
         assert!(owner.iter().any(|h| h.1 != "koe5_hybrid_reader"), "{owner:?}");
         if cfg!(feature = "pg18") {
             c.batch_execute("SET enable_seqscan = off").unwrap();
         }
         c.batch_execute("SET ROLE koe5_hybrid_reader").unwrap();
-        let reader = run(&mut c);
+        let reader = search_as(&mut c, search);
         assert!(!reader.is_empty());
         assert!(reader.iter().all(|h| h.1 == "koe5_hybrid_reader"), "{reader:?}");
         assert_eq!(reader.iter().filter(|h| h.3.is_some()).count(), 60, "{reader:?}");
@@ -447,7 +445,7 @@ mod client {
              CREATE INDEX ON \"Reader's Docs\" USING gin (to_tsvector('hybrid_ko', \"b o d y\"));",
         )
         .unwrap();
-        let own = run_on(&mut c, search.replace("\"My Docs\"", "\"Reader's Docs\""));
+        let own = search_as(&mut c, &search.replace("\"My Docs\"", "\"Reader's Docs\""));
         // Ranks are those of the rows present in both (which of the rows that tie at the
         // cut LIMIT keeps is the plan's choice); HNSW is approximate, the copy exact.
         assert_eq!(own.iter().filter(|h| h.3.is_some()).count(), 60);
@@ -460,8 +458,11 @@ mod client {
         }
     }
 
-    fn run_on(c: &mut Client, sql: String) -> Vec<(i32, String, f64, Option<i32>, Option<i32>)> {
-        c.query(&sql, &[]).unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect()
+    /// A result row with the row's reader: id, reader, score, dense rank, lexical rank.
+    type ReaderHit = (i32, String, f64, Option<i32>, Option<i32>);
+
+    fn search_as(c: &mut Client, sql: &str) -> Vec<ReaderHit> {
+        c.query(sql, &[]).unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect()
     }
 
     /// Wrong arguments fail with real SQLSTATEs, in PostgreSQL's message style.
