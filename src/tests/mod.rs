@@ -20,6 +20,8 @@
 //! - `pipelines`: generated columns, koe5_embed_trigger, the pgvector recipes.
 //! - `queue`: the queue, the background worker and koe5_backfill.
 //! - `textsearch`: the Korean text search configuration `koe5` (parser, dictionaries).
+//! - `hybrid`: koe5_hybrid_search against a brute-force fusion, its plans (HNSW and
+//!   GIN), quoted names, a hostile search_path, row-level security, its errors.
 //! - `upgrade`: upgrades from released versions equal a fresh install.
 //! - `reliability`: load, replaced model files, random text, huge inputs, koe5.preload.
 
@@ -30,6 +32,7 @@ mod cancel;
 mod download;
 mod encodings;
 mod functions;
+mod hybrid;
 mod model;
 mod parity;
 mod pipelines;

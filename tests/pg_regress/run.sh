@@ -42,7 +42,7 @@ if [ ${#tests[@]} -eq 0 ]; then
     for f in tests/pg_regress/sql/*.sql; do
         t=$(basename "$f" .sql)
         [ "$t" = setup ] && continue
-        if [ "$t" = vector ] && [ ! -f "$("$PG_CONFIG" --sharedir)/extension/vector.control" ]; then
+        if { [ "$t" = vector ] || [ "$t" = hybrid ]; } && [ ! -f "$("$PG_CONFIG" --sharedir)/extension/vector.control" ]; then
             echo "(skipping vector: no pgvector in $("$PG_CONFIG" --sharedir))"
             continue
         fi
@@ -65,6 +65,8 @@ CONF
 as_pg "$BIN/pg_ctl" -D "$DATA" -l "$DATA/server.log" -w start >/dev/null
 trap 'as_pg "$BIN/pg_ctl" -D "$DATA" stop -m fast >/dev/null 2>&1 || true' EXIT
 as_pg "$BIN/createdb" -h "$DATA" -p "$PORT" -U postgres koe5_regress
+# SQL not yet part of the extension (sql/next/), for the tests that cover it to \i.
+sed 's/@extschema@/public/g' sql/next/hybrid.sql > tests/pg_regress/next-hybrid.sql
 
 start=$(date +%s)
 status=0
