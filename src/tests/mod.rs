@@ -38,6 +38,7 @@ mod parity;
 mod pipelines;
 mod privileges;
 mod queue;
+#[cfg(feature = "textsearch")]
 mod textsearch;
 mod upgrade;
 
