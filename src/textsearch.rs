@@ -69,13 +69,12 @@ fn server_offsets(server: &[u8], utf8: &str) -> Option<Vec<u32>> {
     }
     let mut map = vec![0u32; utf8.len() + 1];
     let mut s = 0usize;
-    for (u, c) in utf8.char_indices() {
+    for (u, _) in utf8.char_indices() {
         map[u] = s as u32;
         // SAFETY: `s` is a character boundary inside `server`, a valid string of the
         // server encoding with one character for each of `utf8`'s.
         let n = unsafe { pg_sys::pg_mblen(server.as_ptr().add(s).cast()) } as usize;
         s += n.max(1);
-        let _ = c;
     }
     map[utf8.len()] = server.len() as u32;
     Some(map)
@@ -186,28 +185,26 @@ fn koe5_ts_dict_init(options: Internal) -> Internal {
     // SAFETY: PostgreSQL passes a List of DefElem (or NIL).
     let count = if list.is_null() { 0 } else { unsafe { (*list).length } };
     for i in 0..count {
-        {
-            // SAFETY: `i` is below the list's length; each cell holds a DefElem.
-            let def = unsafe { (*(*list).elements.add(i as usize)).ptr_value }.cast::<pg_sys::DefElem>();
-            // SAFETY: each cell holds a DefElem.
-            let name = unsafe { CStr::from_ptr((*def).defname) }.to_string_lossy().into_owned();
-            let value = unsafe { CStr::from_ptr(pg_sys::defGetString(def)) }.to_string_lossy().to_lowercase();
-            match (name.to_lowercase().as_str(), value.as_str()) {
-                ("particles", "keep") => drop_particles = false,
-                ("particles", "drop") => drop_particles = true,
-                ("particles", _) => crate::ereport::report(
-                    pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                    format!("invalid value for koe5 dictionary option \"particles\": \"{value}\""),
-                    None,
-                    Some("Use 'keep' or 'drop'.".into()),
-                ),
-                _ => crate::ereport::report(
-                    pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                    format!("unrecognized koe5 dictionary parameter: \"{name}\""),
-                    None,
-                    None,
-                ),
-            }
+        // SAFETY: `i` is below the list's length; each cell holds a DefElem.
+        let def = unsafe { (*(*list).elements.add(i as usize)).ptr_value }.cast::<pg_sys::DefElem>();
+        // SAFETY: each cell holds a DefElem.
+        let name = unsafe { CStr::from_ptr((*def).defname) }.to_string_lossy().into_owned();
+        let value = unsafe { CStr::from_ptr(pg_sys::defGetString(def)) }.to_string_lossy().to_lowercase();
+        match (name.to_lowercase().as_str(), value.as_str()) {
+            ("particles", "keep") => drop_particles = false,
+            ("particles", "drop") => drop_particles = true,
+            ("particles", _) => crate::ereport::report(
+                pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid value for koe5 dictionary option \"particles\": \"{value}\""),
+                None,
+                Some("Use 'keep' or 'drop'.".into()),
+            ),
+            _ => crate::ereport::report(
+                pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("unrecognized koe5 dictionary parameter: \"{name}\""),
+                None,
+                None,
+            ),
         }
     }
     // SAFETY: palloc gives room for one Dictionary, in the dictionary's own context.

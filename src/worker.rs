@@ -206,7 +206,7 @@ fn due_tables() -> Option<(String, Vec<(pg_sys::Oid, pg_sys::Oid)>)> {
             let schema = r.get::<String>(1).ok().flatten()?;
             let version = r.get::<String>(2).ok().flatten().unwrap_or_default();
             let current = r.get::<bool>(3).ok().flatten().unwrap_or(false);
-            Some((schema, current.then_some(()).ok_or(version)))
+            Some((schema, if current { Ok(()) } else { Err(version) }))
         })
     })?;
     // What is due is the extension's to say (koe5__due_tables(), since 0.4.0): a database
