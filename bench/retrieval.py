@@ -38,7 +38,13 @@ DEFAULT_MODEL = "/opt/koe5/models/multilingual-e5-small"
 LOCK = "/tmp/koe5-pgtest.lock"
 DB = "koe5_eval"
 TOP = 50          # ranks kept per method and question (the hybrid's candidates per side)
-RRF_K = 60
+RRF_K = 60        # the literature's k, for the script-side fusion the function's defaults are compared with
+# The lexical ranking of every lexical run, as koe5_hybrid_search ranks its lexical side:
+# term frequency divided by 1 + log(length). (ts_rank_cd, cover density, ranked far lower
+# on both sets: bench/RESULTS-retrieval.md, first measurements.)
+LEX_RANK = "ts_rank(d.tv, q.tq, 1)"
+SWEEP_K = [0, 1, 2, 3, 5, 10, 20, 60]
+SWEEP_W = [0.25, 0.5, 0.75, 1.0]
 SETS = {
     "constitution": {"docs": "const_docs", "questions": "const_q", "idtype": "int"},
     "bills": {"docs": "bill_docs", "questions": "bill_q", "idtype": "text"},
@@ -188,14 +194,14 @@ def setup_database(srv, model, data, reembed, with_sql=None):
     srv.psql("CREATE EXTENSION IF NOT EXISTS vector;\n"
              "DROP EXTENSION IF EXISTS koe5 CASCADE;\nCREATE EXTENSION koe5;\n")
     srv.psql("CREATE TABLE IF NOT EXISTS eval_meta (k text PRIMARY KEY, v text)")
-    # SQL not yet part of the extension (sql/next/), in a schema of its own on the
+    # SQL to try beside the extension's (--with-sql), in a schema of its own on the
     # database's search_path, made anew each run.
     srv.psql("DROP SCHEMA IF EXISTS koe5_next CASCADE", db=DB)
     if with_sql:
         body = Path(with_sql).read_text(encoding="utf-8")
         body = body.replace("MODULE_PATHNAME", "$libdir/koe5").replace("@extschema@", "koe5_next")
         srv.psql("CREATE SCHEMA koe5_next;\nSET search_path = koe5_next, public;\n" + body)
-        srv.psql(f"ALTER DATABASE {DB} SET search_path = public, koe5_next", db="postgres")
+        srv.psql(f"ALTER DATABASE {DB} SET search_path = koe5_next, public", db="postgres")
     else:
         srv.psql(f"ALTER DATABASE {DB} RESET search_path", db="postgres")
 
@@ -287,7 +293,7 @@ def lexical_or(srv, spec, cfg):
         ), d AS (
             SELECT id, to_tsvector({lit(cfg)}, body) AS tv FROM {spec['docs']}
         ), r AS (
-            SELECT q.qid, d.id, row_number() OVER (PARTITION BY q.qid ORDER BY ts_rank_cd(d.tv, q.tq) DESC, d.id) AS rk
+            SELECT q.qid, d.id, row_number() OVER (PARTITION BY q.qid ORDER BY {LEX_RANK} DESC, d.id) AS rk
             FROM q JOIN d ON d.tv @@ q.tq
         )
         SELECT qid, rk, id FROM r WHERE rk <= {TOP} ORDER BY qid, rk""")
@@ -300,7 +306,7 @@ def lexical_and(srv, spec, cfg):
         ), d AS (
             SELECT id, to_tsvector({lit(cfg)}, body) AS tv FROM {spec['docs']}
         ), r AS (
-            SELECT q.qid, d.id, row_number() OVER (PARTITION BY q.qid ORDER BY ts_rank_cd(d.tv, q.tq) DESC, d.id) AS rk
+            SELECT q.qid, d.id, row_number() OVER (PARTITION BY q.qid ORDER BY {LEX_RANK} DESC, d.id) AS rk
             FROM q JOIN d ON d.tv @@ q.tq
         )
         SELECT qid, rk, id FROM r WHERE rk <= {TOP} ORDER BY qid, rk""",
@@ -321,17 +327,18 @@ def dense(srv, spec, precision, column):
                           "SET enable_bitmapscan = off; SET enable_indexonlyscan = off;")
 
 
-def rrf(lex, den, qids):
-    """Reciprocal-rank fusion, k = 60, equal weights, the top TOP of each side; equal
-    scores (exact fractions) ordered by dense rank, then id."""
+def rrf(lex, den, qids, k=RRF_K, lexical_weight=Fraction(1)):
+    """Reciprocal-rank fusion of the top TOP of each side: 1/(k + dense rank) +
+    lexical_weight/(k + lexical rank), positional ranks; equal scores (exact fractions)
+    ordered by dense rank, then id."""
     out = {}
     for q in qids:
         lr = {d: i + 1 for i, d in enumerate(lex.get(q, [])[:TOP])}
         dr = {d: i + 1 for i, d in enumerate(den.get(q, [])[:TOP])}
         score = {}
-        for ranks in (lr, dr):
+        for ranks, w in ((lr, Fraction(lexical_weight)), (dr, Fraction(1))):
             for d, r in ranks.items():
-                score[d] = score.get(d, 0) + Fraction(1, RRF_K + r)
+                score[d] = score.get(d, 0) + w * Fraction(1, k + r)
         out[q] = sorted(score, key=lambda d: (-score[d], dr.get(d, TOP + 1), sortkey(d)))
     return out
 
@@ -340,16 +347,16 @@ def sortkey(d):
     return (0, int(d), "") if str(d).isdigit() else (1, 0, str(d))
 
 
-def hybrid_function(srv, spec, cfg):
+def hybrid_function(srv, spec, cfg, column="emb", precision="f32"):
     """koe5_hybrid_search as installed, called as the project documents it (its defaults
-    for everything but the configuration: k 10, 50 candidates a side, rrf_k 60, equal
-    weights, mode 'or'), the rows in the order it returns them; None when it is absent."""
+    for everything but the configuration and the vector column), the rows in the order
+    it returns them; None when it is absent."""
     procs = srv.psql("SELECT p.oid::regprocedure, pg_get_function_arguments(p.oid), "
                      "pg_get_function_result(p.oid) FROM pg_proc p WHERE p.proname = 'koe5_hybrid_search'")
     if not procs:
         return None, None
     sig = [{"procedure": p[0], "arguments": p[1], "result": p[2]} for p in procs]
-    call = f"koe5_hybrid_search(NULL::{spec['docs']}, q.question, 'emb', 'body', config => {lit(cfg)})"
+    call = f"koe5_hybrid_search(NULL::{spec['docs']}, q.question, {lit(column)}, 'body', config => {lit(cfg)})"
     head = srv.psql(f"SELECT h.* FROM {spec['questions']} q CROSS JOIN LATERAL {call} WITH ORDINALITY AS h "
                     "LIMIT 0", header=True)
     cols = head[0] if head else []
@@ -364,10 +371,10 @@ def hybrid_function(srv, spec, cfg):
             SELECT q.id AS qid, {idexpr} AS id, h.ordinality AS rk
             FROM {spec['questions']} q CROSS JOIN LATERAL {call} WITH ORDINALITY AS h
         ) s WHERE rk <= {TOP} ORDER BY qid, rk""",
-                   prelude="SET koe5.precision = 'f32'; SET enable_indexscan = off; "
+                   prelude=f"SET koe5.precision = {lit(precision)}; SET enable_indexscan = off; "
                            "SET enable_bitmapscan = off; SET enable_indexonlyscan = off;")
     return lists, {"signature": sig, "columns": cols, "call": call.replace("q.question", "question"),
-                   "order": "as returned (WITH ORDINALITY)", "precision": "f32"}
+                   "order": "as returned (WITH ORDINALITY)", "precision": precision}
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -410,6 +417,29 @@ def table(results):
     return "\n".join(lines)
 
 
+def sweep_table(lists, data):
+    """Recall@1 of the script-side fusion over a grid of k and lexical weights."""
+    dense_m = {n: metrics(first_ranks(lists[n]["dense f32"], data[n]["questions"])) for n in SETS}
+    keys = ("recall@1", "recall@5", "mrr@10")
+    cells, lines = [], ["k \\ w  " + "".join(f"{w:>16}" for w in SWEEP_W)]
+    for k in SWEEP_K:
+        row = f"{k:<7}"
+        for w in SWEEP_W:
+            m = {}
+            for n in SETS:
+                qids = [q[0] for q in data[n]["questions"]]
+                fused = rrf(lists[n]["lexical koe5 OR"], lists[n]["dense f32"], qids, k=k,
+                            lexical_weight=Fraction(w).limit_denominator(100))
+                m[n] = metrics(first_ranks(fused, data[n]["questions"]))
+            better = (all(m[n]["recall@1"] > dense_m[n]["recall@1"] + 1e-12 for n in SETS)
+                      and all(m[n][x] >= dense_m[n][x] - 1e-12 for n in SETS for x in keys))
+            cells.append({"k": k, "lexical_weight": w, "beats_dense": better,
+                          **{n: {x: m[n][x] for x in keys} for n in SETS}})
+            row += f"{'*' if better else ' ':>5}{m['constitution']['recall@1']:.4f}/{m['bills']['recall@1']:.4f}"
+        lines.append(row)
+    return {"cells": cells, "text": "\n".join(lines)}
+
+
 # ----------------------------------------------------------------------------- main
 
 def main():
@@ -421,7 +451,8 @@ def main():
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--reembed", action="store_true", help="embed the documents again even if unchanged")
     ap.add_argument("--stop", action="store_true", help="stop the server and exit")
-    ap.add_argument("--with-sql", help="also install this SQL file (e.g. sql/next/textsearch.sql) in schema koe5_next")
+    ap.add_argument("--with-sql", help="also install this SQL file (say, a text search configuration to try) in schema koe5_next, "
+                         "first on the search_path")
     args = ap.parse_args()
 
     srv = Server(find_pgbin(args.pgbin), args.datadir, args.port)
@@ -455,17 +486,20 @@ def main():
                 L["lexical koe5 AND"] = lexical_and(srv, spec, "koe5")
             L["dense f32"] = dense(srv, spec, "f32", "emb")
             L[f"dense auto ({env['auto_precision']})"] = dense(srv, spec, "auto", "emb_auto")
-            L["hybrid(simple) rrf"] = rrf(L["lexical simple OR"], L["dense f32"], qids)
-            for cfg in (["simple", "koe5"] if koe5_cfg else ["simple"]):
-                if cfg == "koe5":
-                    L["hybrid(koe5) rrf"] = rrf(L["lexical koe5 OR"], L["dense f32"], qids)
+            L["hybrid(simple) rrf k=60"] = rrf(L["lexical simple OR"], L["dense f32"], qids)
+            if koe5_cfg:
+                L["hybrid(koe5) rrf k=60"] = rrf(L["lexical koe5 OR"], L["dense f32"], qids)
+            runs = [("simple", "emb", "f32", "")]
+            if koe5_cfg:
+                runs += [("koe5", "emb", "f32", ""), ("koe5", "emb_auto", "auto", f" auto ({env['auto_precision']})")]
+            for cfg, column, precision, label in runs:
                 try:
-                    fn, how = hybrid_function(srv, spec, cfg)
+                    fn, how = hybrid_function(srv, spec, cfg, column, precision)
                 except RuntimeError as e:
                     fn, how = None, None
                     notes[f"hybrid_function_failed ({name}, {cfg})"] = str(e).split("--- script")[0].strip()
                 if fn is not None:
-                    L[f"hybrid({cfg}) function"] = fn
+                    L[f"hybrid({cfg}) function{label}"] = fn
                     notes["hybrid_function"] = how
         elapsed = time.time() - t0
     # lock released: everything below is arithmetic on the fetched lists
@@ -476,6 +510,7 @@ def main():
         notes["hybrid_function_skipped"] = "koe5_hybrid_search is not installed"
     notes["hybrid_rrf"] = (f"script-side reciprocal-rank fusion: k={RRF_K}, equal weights, top {TOP} of the "
                            "lexical OR list and of dense f32 each, ties by dense rank then id")
+    notes["lexical_rank"] = f"every lexical run ranks by {LEX_RANK} (OR: any of the question's lexemes)"
 
     methods = list(dict.fromkeys(m for name in lists for m in lists[name]))
     results, per_question = {}, {}
@@ -517,6 +552,12 @@ def main():
           f"MRR@10 {ref['metrics']['mrr@10']:.4f}; dense f32 "
           f"{'matches' if reference['metrics_equal_at_4_decimals'] else 'DIFFERS'}; identical top 10 for "
           f"{reference['questions_with_identical_top10']} questions")
+    sweep = None
+    if koe5_cfg:
+        sweep = sweep_table(lists, data)
+        print("\nscript-side fusion of lexical koe5 OR and dense f32 (top 50 each), recall@1 "
+              "constitution/bills; * = above dense on recall@1 on both sets and below it on no metric:")
+        print(sweep["text"])
     print(f"{elapsed:.0f} s under {LOCK}")
 
     out = Path(args.out)
@@ -528,7 +569,7 @@ def main():
         "git_commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                                      text=True).stdout.strip(),
         "environment": env, "notes": notes, "reference_check": reference,
-        "metrics": results, "per_question": per_question,
+        "metrics": results, "per_question": per_question, "sweep": sweep and sweep["cells"],
     }, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {out}")
 

@@ -52,7 +52,7 @@ for part in "${parts[@]}"; do
             cargo fmt --all --check
             echo "==> released SQL scripts unchanged (sql/released.sha256)"
             scripts/check-released-sql.sh
-            nice cargo clippy --workspace --all-targets --features pg18,textsearch -- -D warnings
+            nice cargo clippy --workspace --all-targets --features pg18 -- -D warnings
             ;;
         core)
             echo "==> koe5-core: unit and parity tests (no PostgreSQL)"

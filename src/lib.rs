@@ -11,8 +11,7 @@
 //! - `ereport`: the core's errors raised as PostgreSQL errors with a SQLSTATE;
 //! - `queue`: the queue's deletions, which its users may not make themselves;
 //! - `security`: running as a table's owner;
-//! - `textsearch`: the Korean text search parser and dictionary (not yet released:
-//!   built with the feature `textsearch`, which the tests turn on; sql/next/);
+//! - `textsearch`: the Korean text search parser and dictionary (sql/surface/textsearch.sql);
 //! - `worker`: the background worker that embeds the queue.
 
 // A call into C that may unwind must go through pgrx's guards, which turn a longjmp
@@ -33,7 +32,6 @@ mod gucs;
 mod queue;
 mod security;
 mod session;
-#[cfg(feature = "textsearch")]
 mod textsearch;
 mod worker;
 
@@ -53,7 +51,9 @@ extension_sql_file!("../sql/surface/chunking.sql", name = "chunking", requires =
 extension_sql_file!("../sql/surface/pipeline.sql", name = "pipeline", requires = ["chunking"]);
 extension_sql_file!("../sql/surface/trigger.sql", name = "trigger", requires = ["pipeline"]);
 extension_sql_file!("../sql/surface/backfill.sql", name = "backfill", requires = ["trigger"]);
-extension_sql_file!("../sql/surface/queue.sql", name = "queue", requires = ["backfill"], finalize);
+extension_sql_file!("../sql/surface/textsearch.sql", name = "textsearch", requires = ["backfill"]);
+extension_sql_file!("../sql/surface/hybrid.sql", name = "hybrid", requires = ["textsearch"]);
+extension_sql_file!("../sql/surface/queue.sql", name = "queue", requires = ["hybrid"], finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -1,8 +1,7 @@
 //! PostgreSQL's Korean text search on the model's tokenizer: the parser `koe5` (its
 //! start, next-token, end and token-type functions; headlines use PostgreSQL's own
 //! `prsd_headline`) and the dictionary template `koe5` (a piece's lexeme, and
-//! particles as stop words when asked). Declared in sql/next/textsearch.sql, which is
-//! not yet part of the extension's SQL (see its header): only the tests install it. The
+//! particles as stop words when asked), declared in sql/surface/textsearch.sql. The
 //! segmentation itself is the core's (`koe5_core::lexical`).
 //!
 //! The configuration's output may not depend on which model a session loads, or
@@ -28,10 +27,12 @@ static TOKENIZER_JSON: &[u8] = include_bytes!("../data/tokenizer/xlm-roberta.jso
 
 /// Token types, numbered as PostgreSQL's default parser numbers the same kinds, so that
 /// its headline function treats them alike: a piece is a word (2), a blank a space
-/// (12), and a whole word of several pieces a hyphenated word (17), which headlines
-/// skip because its pieces follow it.
+/// (12), and a whole word of several pieces a hyphenated word (17) and a Hangul bigram
+/// a part of one (16), which headlines skip because the pieces they overlap are given
+/// too.
 const PIECE: c_int = 2;
 const BLANK: c_int = 12;
+const BIGRAM: c_int = 16;
 const WORD: c_int = 17;
 
 fn tokenizer() -> &'static TextTokenizer {
@@ -92,7 +93,8 @@ fn koe5_ts_start(text: Internal, len: i32) -> Internal {
         unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) }
     };
     let utf8 = to_utf8(server);
-    let tokens = lexical::tokens(tokenizer(), &utf8, &Options { words: true }, &mut check_interrupts).or_raise();
+    let tokens =
+        lexical::tokens(tokenizer(), &utf8, &Options { words: true, bigrams: true }, &mut check_interrupts).or_raise();
     let map = server_offsets(server, &utf8);
     let at = |u: usize| map.as_ref().map_or(u, |m| m[u] as usize);
     // SAFETY: palloc returns memory for `tokens.len()` spans (or raises an ERROR).
@@ -102,6 +104,7 @@ fn koe5_ts_start(text: Internal, len: i32) -> Internal {
             TokenKind::Piece => PIECE,
             TokenKind::Blank => BLANK,
             TokenKind::Word => WORD,
+            TokenKind::Bigram => BIGRAM,
         };
         let (start, end) = (at(t.start), at(t.end));
         // SAFETY: `i` is below the count `spans` was allocated for.
@@ -150,9 +153,10 @@ fn koe5_ts_end(state: Internal) {
 /// `prslextype()`: the token types, for `ts_token_type('koe5')` and mappings.
 #[pg_extern(sql = false)]
 fn koe5_ts_lextype(_unused: Internal) -> Internal {
-    let types: [(c_int, &CStr, &CStr); 3] = [
+    let types: [(c_int, &CStr, &CStr); 4] = [
         (PIECE, c"piece", c"Piece of a word, as the model's tokenizer cuts it"),
         (BLANK, c"blank", c"Space and punctuation"),
+        (BIGRAM, c"bigram", c"Two neighbouring Hangul syllables of a word"),
         (WORD, c"word", c"Whole word of two or more pieces"),
     ];
     // SAFETY: palloc0 gives room for the types and the zeroed terminator.

@@ -21,14 +21,12 @@ mod client {
     const VECTOR: &str = "real[]";
 
     /// A database with koe5 (and pgvector where there is one) and a text search
-    /// configuration of its own outside pg_catalog, as koe5's Korean one will be.
+    /// configuration of its own outside pg_catalog, as koe5's Korean one is.
     fn database(name: &str) -> Client {
         let mut c = fresh_database(name, "UTF8");
         if cfg!(feature = "pg18") {
             c.batch_execute("CREATE EXTENSION vector").unwrap();
         }
-        // sql/next/hybrid.sql is not yet part of the extension: installed here.
-        c.batch_execute(&include_str!("../../sql/next/hybrid.sql").replace("@extschema@", "public")).unwrap();
         c.batch_execute("CREATE TEXT SEARCH CONFIGURATION hybrid_ko (COPY = simple)").unwrap();
         c
     }
@@ -106,7 +104,7 @@ mod client {
 
     impl<'a> Search<'a> {
         fn new(query: &'a str) -> Self {
-            Search { query, k: 10, candidates: 50, rrf_k: 60, dense_weight: 1.0, lexical_weight: 1.0, mode: "or" }
+            Search { query, k: 10, candidates: 50, rrf_k: 2, dense_weight: 1.0, lexical_weight: 0.75, mode: "or" }
         }
     }
 
@@ -169,7 +167,7 @@ mod client {
             keyed(
                 c,
                 format!(
-                    "SELECT id, -ts_rank_cd({tsv}, koe5_tsquery('hybrid_ko', $1, $2))::float8 FROM {table}
+                    "SELECT id, -ts_rank({tsv}, koe5_tsquery('hybrid_ko', $1, $2), 1)::float8 FROM {table}
                      WHERE {tsv} @@ koe5_tsquery('hybrid_ko', $1, $2)"
                 ),
             ),
@@ -247,6 +245,22 @@ mod client {
         load(&mut c, "docs", "real[]", &corpus());
         let saw_tie = assert_matches_brute_force(&mut c, "docs", "-koe5_similarity(emb, koe5_query($1))");
         assert!(saw_tie, "the searches include exact ties of the fused score");
+        // The defaults are the documented ones: k 10, 50 candidates, rrf_k 2, weights 1
+        // and 0.75, the configuration koe5, mode or.
+        let q = "헌법재판소의 권한은 무엇인가";
+        let mut rows = |sql: &str| -> Vec<(i32, f64, Option<i32>)> {
+            c.query(sql, &[&q]).unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+        };
+        let defaults =
+            rows("SELECT (h.doc).id, h.score, h.lexical_rank FROM koe5_hybrid_search(NULL::docs, $1, 'emb', 'body') h");
+        let explicit = rows(
+            "SELECT (h.doc).id, h.score, h.lexical_rank FROM koe5_hybrid_search(NULL::docs, $1, 'emb', 'body',
+                 k => 10, candidates => 50, rrf_k => 2, dense_weight => 1, lexical_weight => 0.75,
+                 config => 'koe5', mode => 'or') h",
+        );
+        assert_eq!(defaults, explicit);
+        assert_eq!(defaults.len(), 10);
+        assert!(defaults.iter().any(|r| r.2.is_some()), "koe5's configuration finds the question's words");
     }
 
     /// pgvector embeddings (vector and halfvec) without an index: exact distances.
@@ -393,7 +407,7 @@ mod client {
                  AS 'SELECT evil.hijacked()::text::tsquery';
              CREATE FUNCTION evil.to_tsvector(regconfig, text) RETURNS tsvector LANGUAGE sql
                  AS 'SELECT evil.hijacked()::text::tsvector';
-             CREATE FUNCTION evil.ts_rank_cd(tsvector, tsquery) RETURNS real LANGUAGE sql AS 'SELECT evil.hijacked()::real';
+             CREATE FUNCTION evil.ts_rank(tsvector, tsquery, integer) RETURNS real LANGUAGE sql AS 'SELECT evil.hijacked()::real';
              CREATE FUNCTION evil.plainto_tsquery(regconfig, text) RETURNS tsquery LANGUAGE sql
                  AS 'SELECT evil.hijacked()::text::tsquery';
              CREATE FUNCTION evil.tsvector_to_array(tsvector) RETURNS text[] LANGUAGE sql AS 'SELECT ARRAY[evil.hijacked()::text]';

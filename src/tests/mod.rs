@@ -38,7 +38,6 @@ mod parity;
 mod pipelines;
 mod privileges;
 mod queue;
-#[cfg(feature = "textsearch")]
 mod textsearch;
 mod upgrade;
 

@@ -1,4 +1,4 @@
-//! Korean text search (sql/next/textsearch.sql, not yet part of the extension): the
+//! Korean text search (sql/surface/textsearch.sql): the
 //! parser `koe5`, its dictionaries and the configuration, as
 //! users call them (to_tsvector, websearch_to_tsquery, @@, ts_rank, ts_headline, a GIN
 //! index), in UTF-8 and EUC_KR databases, with no model loaded.
@@ -7,28 +7,21 @@
 mod client {
     use crate::tests::harness::client::*;
 
-    /// sql/next/textsearch.sql, which is not yet part of the extension, in this database.
-    fn with_text_search(mut c: postgres::Client) -> postgres::Client {
-        let sql = include_str!("../../sql/next/textsearch.sql")
-            .replace("MODULE_PATHNAME", "$libdir/koe5")
-            .replace("@extschema@", "public");
-        c.batch_execute(&sql).unwrap();
-        c
-    }
-
     fn one(c: &mut postgres::Client, sql: &str) -> String {
         c.query_one(sql, &[]).unwrap().get(0)
     }
 
     #[test]
     fn koe5_text_search_cuts_korean_into_pieces_and_finds_them() {
-        let mut c = with_text_search(fresh_database("koe5_ts", "UTF8"));
-        // Particles come apart from their words; lexemes are NFKC and lower-case (the
-        // tokenizer cuts KoE5 as Ko + E + 5).
-        assert_eq!(one(&mut c, "SELECT to_tsvector('koe5', '번역을 했다')::text"), "'번역':1 '을':2 '했다':3");
+        let mut c = fresh_database("koe5_ts", "UTF8");
+        // Particles come apart from their words and are dropped (position 3 is 을);
+        // each word's Hangul bigrams come just before its pieces (번역 at 1 is the
+        // bigram, at 2 the piece); lexemes are NFKC and lower-case (the tokenizer cuts
+        // KoE5 as Ko + E + 5).
+        assert_eq!(one(&mut c, "SELECT to_tsvector('koe5', '번역을 했다')::text"), "'번역':1,2 '했다':4,5");
         assert_eq!(
             one(&mut c, "SELECT to_tsvector('koe5', 'ＫｏＥ５ 모델, English!')::text"),
-            "'5':3 'e':2 'english':5 'ko':1 '모델':4"
+            "'5':3 'e':2 'english':6 'ko':1 '모델':4,5"
         );
         let found: bool =
             c.query_one("SELECT to_tsvector('koe5', '번역을 했다') @@ to_tsquery('koe5', '번역')", &[]).unwrap().get(0);
@@ -79,7 +72,7 @@ mod client {
 
     #[test]
     fn koe5_text_search_needs_no_model_and_uses_a_gin_index() {
-        let mut c = with_text_search(fresh_database("koe5_ts_gin", "UTF8"));
+        let mut c = fresh_database("koe5_ts_gin", "UTF8");
         // The configuration does not depend on the session's model: none at all here.
         c.batch_execute("SET koe5.model_path = '/nonexistent'").unwrap();
         c.batch_execute(
@@ -119,14 +112,17 @@ mod client {
     #[test]
     fn koe5_text_search_gives_the_same_lexemes_in_euc_kr() {
         let texts = ["헌법재판소의 권한과 국회의 의무", "KoE5 모델로 번역을 했다 (제63조제2항제4호)", "ＡＢＣ 한글"];
-        let mut utf8 = with_text_search(fresh_database("koe5_ts_utf8", "UTF8"));
-        let mut euc = with_text_search(fresh_database("koe5_ts_euckr", "EUC_KR"));
+        let mut utf8 = fresh_database("koe5_ts_utf8", "UTF8");
+        let mut euc = fresh_database("koe5_ts_euckr", "EUC_KR");
         for t in texts {
             let a: String = utf8.query_one("SELECT to_tsvector('koe5', $1)::text", &[&t]).unwrap().get(0);
             let b: String = euc.query_one("SELECT to_tsvector('koe5', $1)::text", &[&t]).unwrap().get(0);
             assert_eq!(a, b, "{t}");
             let h: String = euc
-                .query_one("SELECT ts_headline('koe5', $1, to_tsquery('koe5', '한글 | 국회 | 번역'))", &[&t])
+                .query_one(
+                    "SELECT ts_headline('koe5', $1, to_tsquery('koe5', '한글 | 국회 | 번역'), 'HighlightAll=true')",
+                    &[&t],
+                )
                 .unwrap()
                 .get(0);
             assert_eq!(h.replace("<b>", "").replace("</b>", ""), t, "the headline rebuilds the text in EUC_KR");

@@ -65,8 +65,6 @@ CONF
 as_pg "$BIN/pg_ctl" -D "$DATA" -l "$DATA/server.log" -w start >/dev/null
 trap 'as_pg "$BIN/pg_ctl" -D "$DATA" stop -m fast >/dev/null 2>&1 || true' EXIT
 as_pg "$BIN/createdb" -h "$DATA" -p "$PORT" -U postgres koe5_regress
-# SQL not yet part of the extension (sql/next/), for the tests that cover it to \i.
-sed 's/@extschema@/public/g' sql/next/hybrid.sql > tests/pg_regress/next-hybrid.sql
 
 start=$(date +%s)
 status=0

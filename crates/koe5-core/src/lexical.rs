@@ -24,8 +24,14 @@
 //! text's. `interrupt` runs between windows.
 //!
 //! No filtering happens here: particles and endings stay pieces (see
-//! [`KOREAN_PARTICLES`] for a list to filter with), and whether words are indexed beside
-//! their pieces is the caller's choice ([`Options::words`]).
+//! [`KOREAN_PARTICLES`] for a list to filter with), and whether words and Hangul
+//! bigrams are indexed beside their pieces is the caller's choice ([`Options`]).
+//!
+//! Bigrams exist because a piece is not a stable unit: the tokenizer cuts `재판소` as
+//! `재판` + `소` alone but as `재` + `판` + `소` inside `헌법재판소`, and `육아휴직` as
+//! `육` + `아` + `휴` + `직`, so a question's word often fails to match the same word
+//! inside a compound. Every two neighbouring syllables of a word (`헌법`, `법재`, `재판`,
+//! `판소`) match wherever the word is cut (measured on data/eval: bench/RESULTS-retrieval.md).
 
 use std::borrow::Cow;
 
@@ -54,6 +60,13 @@ pub enum TokenKind {
     /// whoever rebuilds the text skips it (as PostgreSQL's headline skips the compound
     /// words of its default parser).
     Word,
+    /// Two neighbouring Hangul syllables of a word (`헌법재판소를` gives `헌법`, `법재`,
+    /// `재판`, `판소`), given when [`Options::bigrams`] is set just before the word's
+    /// pieces (after its Word token), so that a phrase query of the same word matches
+    /// whatever particle follows it in the text; none from a final piece that is a
+    /// particle or ending ([`KOREAN_PARTICLES`]), so `국민의` gives `국민` alone.
+    /// Overlaps the pieces, as a word does.
+    Bigram,
 }
 
 /// One token of a text: `text[start..end]`, what it is, and its lexeme.
@@ -71,6 +84,8 @@ pub struct Token {
 pub struct Options {
     /// Also give each word of two or more pieces as a [`TokenKind::Word`].
     pub words: bool,
+    /// Also give the Hangul bigrams of each word as [`TokenKind::Bigram`]s.
+    pub bigrams: bool,
 }
 
 /// Common Korean particles and endings, as lexemes, that XLM-R's tokenizer gives as a
@@ -125,7 +140,7 @@ fn tokens_in_windows(
     window: usize,
     interrupt: &mut dyn FnMut(),
 ) -> Result<Vec<Token>> {
-    let mut out = Builder { text, words: options.words, tokens: Vec::new(), word: Vec::new() };
+    let mut out = Builder { text, options: *options, tokens: Vec::new(), word: Vec::new() };
     let mut from = 0;
     while from < text.len() {
         if from > 0 {
@@ -191,7 +206,7 @@ fn segment_window(tok: &TextTokenizer, text: &str, from: usize, to: usize, out: 
 /// word ends, so that its Word token can go first.
 struct Builder<'a> {
     text: &'a str,
-    words: bool,
+    options: Options,
     tokens: Vec<Token>,
     /// The pieces of the current word (none between words).
     word: Vec<Token>,
@@ -216,10 +231,40 @@ impl Builder<'_> {
     }
 
     fn end_word(&mut self) {
-        if self.words && self.word.len() > 1 {
+        if self.word.is_empty() {
+            return;
+        }
+        if self.options.words && self.word.len() > 1 {
             let (start, end) = (self.word[0].start, self.word[self.word.len() - 1].end);
             let lexeme = lexeme(&self.text[start..end]);
             self.tokens.push(Token { start, end, kind: TokenKind::Word, lexeme });
+        }
+        // The stem: the word without a final particle or ending (of a word of two or
+        // more pieces; a particle alone is a word of its own and has no bigram of note).
+        let stem_end = match self.word.as_slice() {
+            [.., last] if self.word.len() > 1 && KOREAN_PARTICLES.contains(&last.lexeme.as_str()) => last.start,
+            [.., last] => last.end,
+            [] => unreachable!(),
+        };
+        if self.options.bigrams {
+            let from = self.word[0].start;
+            let mut prev: Option<(usize, char)> = None;
+            for (i, c) in self.text[from..stem_end].char_indices() {
+                if is_syllable(c) {
+                    if let Some((p, pc)) = prev {
+                        let (start, end) = (from + p, from + i + c.len_utf8());
+                        self.tokens.push(Token {
+                            start,
+                            end,
+                            kind: TokenKind::Bigram,
+                            lexeme: [pc, c].iter().collect(),
+                        });
+                    }
+                    prev = Some((i, c));
+                } else {
+                    prev = None;
+                }
+            }
         }
         self.tokens.append(&mut self.word);
     }
@@ -339,7 +384,7 @@ mod tests {
         let text = "대한민국의 주권은 국민에게 있고, 모든 권력은 국민으로부터 나온다.\n\
                     제63조제2항제4호에 따라 KoE5 모델을 PostgreSQL 안에서 실행한다. "
             .repeat(20);
-        for options in [Options::default(), Options { words: true }] {
+        for options in [Options::default(), Options { words: true, bigrams: true }] {
             let whole = tokens_in_windows(&t, &text, &options, text.len(), &mut || {}).unwrap();
             for window in [64, 300, 1024] {
                 let mut windows = 0;

@@ -14,7 +14,9 @@ fn tokenizer() -> &'static TextTokenizer {
     T.get_or_init(|| TextTokenizer::from_file(&fixtures().join("tiny-xlmr/tokenizer.json"), 512, false).unwrap())
 }
 
-const WORDS: Options = Options { words: true };
+const WORDS: Options = Options { words: true, bigrams: false };
+const ALL: Options = Options { words: true, bigrams: true };
+const BIGRAMS: Options = Options { words: false, bigrams: true };
 
 /// Tokens of `text`, checked to cover it: pieces and blanks in order, back to back,
 /// none empty, rebuilding the text; blanks never side by side and without lexemes;
@@ -35,10 +37,28 @@ fn check_cover(text: &str, got: &[Token]) {
         match t.kind {
             TokenKind::Word => {
                 assert_eq!(t.start, pos, "word {t:?} not at its first piece");
-                let pieces: Vec<&Token> = got[i + 1..].iter().take_while(|p| p.kind == TokenKind::Piece).collect();
+                let pieces: Vec<&Token> = got[i + 1..]
+                    .iter()
+                    .filter(|p| p.kind != TokenKind::Bigram)
+                    .take_while(|p| p.kind == TokenKind::Piece)
+                    .collect();
                 let last = pieces.iter().position(|p| p.end == t.end).expect("word ends with a piece");
                 assert!(last >= 1, "a word of one piece: {t:?}");
                 assert_eq!(t.lexeme, lexeme(s));
+                continue;
+            }
+            TokenKind::Bigram => {
+                // Inside the word whose pieces come next: two syllables.
+                let word_end = got[i + 1..]
+                    .iter()
+                    .filter(|p| p.kind != TokenKind::Bigram)
+                    .take_while(|p| p.kind == TokenKind::Piece)
+                    .last()
+                    .map(|p| p.end);
+                assert!(t.start >= pos && word_end.is_some_and(|e| t.end <= e), "bigram {t:?} not before its word");
+                assert_eq!(s.chars().count(), 2, "{t:?}");
+                assert!(s.chars().all(|c| ('가'..='힣').contains(&c)), "{t:?}");
+                assert_eq!(t.lexeme, s);
                 continue;
             }
             TokenKind::Blank => {
@@ -69,7 +89,7 @@ fn lexemes(got: &[Token], kind: TokenKind) -> Vec<&str> {
     got.iter().filter(|t| t.kind == kind).map(|t| t.lexeme.as_str()).collect()
 }
 
-use TokenKind::{Blank, Piece, Word};
+use TokenKind::{Bigram, Blank, Piece, Word};
 
 #[test]
 fn a_particle_is_a_piece_of_its_own() {
@@ -254,5 +274,37 @@ proptest! {
     #[test]
     fn any_text_is_covered(text in "(\\PC|\\pC|[ \t\n가-힣ᄀ-ᇿ\u{300}-\u{36f}▁])*") {
         segment(&text, &WORDS);
+        segment(&text, &ALL);
     }
+}
+
+#[test]
+fn bigrams_match_a_word_however_it_is_cut() {
+    // The tokenizer cuts 재판소 differently alone and inside 헌법재판소: their pieces
+    // share nothing, their bigrams do.
+    let alone = segment("재판소", &BIGRAMS);
+    let inside = segment("헌법재판소를", &BIGRAMS);
+    let pieces = |t: &[Token]| lexemes(t, Piece).into_iter().map(str::to_owned).collect::<Vec<_>>();
+    assert_ne!(pieces(&alone)[..], pieces(&inside)[pieces(&inside).len() - 2..], "the pieces differ, as measured");
+    assert_eq!(lexemes(&alone, Bigram), ["재판", "판소"]);
+    // The final particle 를 gives no bigram (소를 would match nothing worth matching).
+    assert_eq!(lexemes(&inside, Bigram), ["헌법", "법재", "재판", "판소"]);
+    assert!(pieces(&inside).contains(&"를".to_owned()), "{:?}", pieces(&inside));
+}
+
+#[test]
+fn bigrams_only_of_hangul_only_when_asked_and_before_their_pieces() {
+    let text = "국민의 KoE5 제63조제2항 육아휴직을 가";
+    let plain = segment(text, &Options::default());
+    assert!(plain.iter().all(|t| t.kind != Bigram));
+    let got = segment(text, &BIGRAMS);
+    // 제63조제2항: only 조제 has two syllables side by side.
+    assert_eq!(lexemes(&got, Bigram), ["국민", "조제", "육아", "아휴", "휴직"]);
+    // Each word's bigrams come just before its pieces.
+    let first = got.iter().position(|t| t.kind == Bigram).unwrap();
+    assert_eq!(&text[got[first + 1].start..got[first + 1].end], "국민");
+    // With bigrams and words, the pieces are still those of the plain segmentation.
+    let all = segment(text, &ALL);
+    let pieces: Vec<&Token> = all.iter().filter(|t| !matches!(t.kind, Word | Bigram)).collect();
+    assert_eq!(pieces, plain.iter().collect::<Vec<_>>());
 }

@@ -1,15 +1,10 @@
--- NOT YET PART OF THE EXTENSION (issue 14). The text search parser and dictionary
--- below are built into the library and tested (src/tests/textsearch.rs installs this
--- file into its test databases), but a configuration that expression indexes are built
--- on may not change once released, and what its lexemes should be (pieces alone or
--- with whole words, particles kept or dropped, what to do where the tokenizer cuts the
--- same word differently inside a compound) is to be decided by measurements on the
--- evaluation sets (data/eval) first. Then this file moves to sql/surface/.
---
 -- koe5: Korean text search. A parser that cuts text into the model's sentencepiece
--- pieces (a word and its particle come apart), a dictionary that turns a piece into its lexeme (NFKC,
--- lower-case, edge punctuation trimmed; particles kept or dropped), and the
--- configuration `koe5` that joins them:
+-- pieces (a word and its particle come apart) and gives, beside them, every two
+-- neighbouring Hangul syllables of a word (which match a word however the tokenizer
+-- cuts it inside a compound); a dictionary that turns a token into its lexeme (NFKC,
+-- lower-case, edge punctuation trimmed; particles kept or dropped); and the
+-- configuration `koe5` that joins them: pieces with particles and endings dropped,
+-- and bigrams (the choice measured on data/eval: bench/RESULTS-retrieval.md):
 --
 --     SELECT to_tsvector('koe5', body) @@ websearch_to_tsquery('koe5', question);
 --     CREATE INDEX ON docs USING gin (to_tsvector('koe5', body));
@@ -30,7 +25,7 @@ CREATE TEXT SEARCH PARSER koe5 (
     START = koe5__ts_start, GETTOKEN = koe5__ts_gettoken, END = koe5__ts_end,
     LEXTYPES = koe5__ts_lextype, HEADLINE = pg_catalog.prsd_headline);
 COMMENT ON TEXT SEARCH PARSER koe5 IS
-    'Korean (and any) text cut into the pieces of the XLM-R tokenizer KoE5 uses; whole words of several pieces besides';
+    'Korean (and any) text cut into the pieces of the XLM-R tokenizer KoE5 uses; Hangul bigrams and whole words of several pieces besides';
 
 CREATE FUNCTION koe5__ts_dict_init(internal) RETURNS internal
     STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'koe5_ts_dict_init_wrapper';
@@ -46,6 +41,7 @@ CREATE TEXT SEARCH DICTIONARY koe5_content (TEMPLATE = koe5, particles = drop);
 COMMENT ON TEXT SEARCH DICTIONARY koe5_content IS 'koe5 pieces as lexemes, particles and endings dropped as stop words';
 
 CREATE TEXT SEARCH CONFIGURATION koe5 (PARSER = koe5);
-ALTER TEXT SEARCH CONFIGURATION koe5 ADD MAPPING FOR piece WITH koe5;
+ALTER TEXT SEARCH CONFIGURATION koe5 ADD MAPPING FOR piece WITH koe5_content;
+ALTER TEXT SEARCH CONFIGURATION koe5 ADD MAPPING FOR bigram WITH koe5;
 COMMENT ON TEXT SEARCH CONFIGURATION koe5 IS
-    'Korean text search on the model''s pieces: to_tsvector(''koe5'', body), websearch_to_tsquery(''koe5'', q)';
+    'Korean text search on the model''s pieces (particles and endings dropped) and Hangul bigrams: to_tsvector(''koe5'', body), websearch_to_tsquery(''koe5'', q)';
