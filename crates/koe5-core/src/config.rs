@@ -158,85 +158,105 @@ fn module_dir(dir: &Path, modules_json: &Path, rel: &str) -> Result<PathBuf> {
     Ok(dir.join(rel_path))
 }
 
+/// Reads and checks `dir`'s config.json: the encoder an embedding model and a
+/// cross-encoder share. Returns the raw JSON too (for the fields each adds).
+pub(crate) fn read_encoder(dir: &Path) -> Result<(serde_json::Value, EncoderConfig, Activation)> {
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::new(
+                ErrorKind::MissingFile,
+                format!("model path \"{}\" is not a directory", dir.display()),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::missing("model directory", dir)),
+        Err(e) => {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("could not access model directory \"{}\": {e}", dir.display()),
+            )
+            .with_hint("The directory must be readable by the operating-system user that runs the PostgreSQL server."))
+        }
+    }
+
+    let config_path = dir.join("config.json");
+    let raw: serde_json::Value = read_json(dir, &config_path)?;
+    let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+    let Some(architecture) = Architecture::from_model_type(model_type) else {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("unsupported model type \"{model_type}\" in \"{}\"", config_path.display()),
+        )
+        .with_detail(
+            "koe5 runs XLM-RoBERTa encoders (model_type \"xlm-roberta\") such as KoE5 and multilingual-e5-base/large, \
+                 and BERT encoders (model_type \"bert\") such as multilingual-e5-small.",
+        ));
+    };
+    // A BERT config that names no pad token means 0 (BertConfig's default).
+    let mut raw = raw;
+    if architecture == Architecture::Bert && raw.get("pad_token_id").is_none() {
+        raw["pad_token_id"] = 0.into();
+    }
+    let encoder: EncoderConfig = serde_json::from_value(raw.clone()).map_err(|e| Error::config(&config_path, e))?;
+    let activation = encoder.activation().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!("unsupported activation \"{}\" in \"{}\"", encoder.hidden_act, config_path.display()),
+        )
+    })?;
+    if encoder.position_embedding_type != "absolute" {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "unsupported position embedding type \"{}\" in \"{}\"",
+                encoder.position_embedding_type,
+                config_path.display()
+            ),
+        ));
+    }
+    for (name, value) in [
+        ("hidden_size", encoder.hidden_size),
+        ("intermediate_size", encoder.intermediate_size),
+        ("num_hidden_layers", encoder.num_hidden_layers),
+        ("vocab_size", encoder.vocab_size),
+        ("type_vocab_size", encoder.type_vocab_size),
+    ] {
+        if value == 0 {
+            return Err(Error::config(&config_path, format!("{name} must be at least 1")));
+        }
+    }
+    if !(encoder.layer_norm_eps.is_finite() && encoder.layer_norm_eps > 0.0) {
+        return Err(Error::config(&config_path, "layer_norm_eps must be a positive number"));
+    }
+    if encoder.num_attention_heads == 0 || !encoder.hidden_size.is_multiple_of(encoder.num_attention_heads) {
+        return Err(Error::config(&config_path, "hidden_size is not a multiple of num_attention_heads"));
+    }
+    if encoder.max_tokens() < 3 {
+        return Err(Error::config(&config_path, "max_position_embeddings is too small"));
+    }
+
+    Ok((raw, encoder, activation))
+}
+
+/// Whether config.json names a task head for classification (a cross-encoder).
+pub(crate) fn is_sequence_classifier(raw: &serde_json::Value) -> bool {
+    raw.get("architectures")
+        .and_then(|a| a.as_array())
+        .is_some_and(|a| a.iter().any(|n| n.as_str().is_some_and(|n| n.ends_with("ForSequenceClassification"))))
+}
+
 impl ModelSpec {
     /// Reads and checks the JSON files of `dir`. Cheap: no weights are touched.
     pub fn read(dir: &Path) -> Result<ModelSpec> {
-        match fs::metadata(dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(Error::new(
-                    ErrorKind::MissingFile,
-                    format!("model path \"{}\" is not a directory", dir.display()),
-                ))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::missing("model directory", dir)),
-            Err(e) => {
-                return Err(Error::new(
-                    ErrorKind::Io,
-                    format!("could not access model directory \"{}\": {e}", dir.display()),
-                )
-                .with_hint(
-                    "The directory must be readable by the operating-system user that runs the PostgreSQL server.",
-                ))
-            }
-        }
-
-        let config_path = dir.join("config.json");
-        let raw: serde_json::Value = read_json(dir, &config_path)?;
-        let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
-        let Some(architecture) = Architecture::from_model_type(model_type) else {
+        let (raw, encoder, activation) = read_encoder(dir)?;
+        if is_sequence_classifier(&raw) && !files::present(&dir.join("modules.json")) {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                format!("unsupported model type \"{model_type}\" in \"{}\"", config_path.display()),
+                format!("model in \"{}\" is a cross-encoder, not an embedding model", dir.display()),
             )
-            .with_detail(
-                "koe5 runs XLM-RoBERTa encoders (model_type \"xlm-roberta\") such as KoE5 and multilingual-e5-base/large, \
-                 and BERT encoders (model_type \"bert\") such as multilingual-e5-small.",
-            ));
-        };
-        // A BERT config that names no pad token means 0 (BertConfig's default).
-        let mut raw = raw;
-        if architecture == Architecture::Bert && raw.get("pad_token_id").is_none() {
-            raw["pad_token_id"] = 0.into();
+            .with_detail("Its config.json names a sequence classification head, which scores pairs of texts.")
+            .with_hint("Set it as koe5.reranker_path to rerank with it; koe5.model_path takes a sentence-transformers embedding model."));
         }
-        let encoder: EncoderConfig = serde_json::from_value(raw).map_err(|e| Error::config(&config_path, e))?;
-        let activation = encoder.activation().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unsupported,
-                format!("unsupported activation \"{}\" in \"{}\"", encoder.hidden_act, config_path.display()),
-            )
-        })?;
-        if encoder.position_embedding_type != "absolute" {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "unsupported position embedding type \"{}\" in \"{}\"",
-                    encoder.position_embedding_type,
-                    config_path.display()
-                ),
-            ));
-        }
-        for (name, value) in [
-            ("hidden_size", encoder.hidden_size),
-            ("intermediate_size", encoder.intermediate_size),
-            ("num_hidden_layers", encoder.num_hidden_layers),
-            ("vocab_size", encoder.vocab_size),
-            ("type_vocab_size", encoder.type_vocab_size),
-        ] {
-            if value == 0 {
-                return Err(Error::config(&config_path, format!("{name} must be at least 1")));
-            }
-        }
-        if !(encoder.layer_norm_eps.is_finite() && encoder.layer_norm_eps > 0.0) {
-            return Err(Error::config(&config_path, "layer_norm_eps must be a positive number"));
-        }
-        if encoder.num_attention_heads == 0 || !encoder.hidden_size.is_multiple_of(encoder.num_attention_heads) {
-            return Err(Error::config(&config_path, "hidden_size is not a multiple of num_attention_heads"));
-        }
-        if encoder.max_tokens() < 3 {
-            return Err(Error::config(&config_path, "max_position_embeddings is too small"));
-        }
-
         // modules.json decides pooling and normalisation; without it, sentence-transformers
         // itself falls back to mean pooling over a plain transformer.
         let modules_path = dir.join("modules.json");

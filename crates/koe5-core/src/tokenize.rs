@@ -273,10 +273,25 @@ impl TextTokenizer {
         first_window: usize,
         interrupt: &mut dyn FnMut(),
     ) -> Result<Vec<u32>> {
-        let budget = self.max_tokens - 2;
+        let content =
+            self.content_prefix(text, &|t| self.prepare(kind, t), self.max_tokens - 2, first_window, interrupt)?;
+        Ok(self.wrap(content))
+    }
+
+    /// The content ids of `prepare(text)` (no special tokens), or of a prefix of the
+    /// text that holds at least `budget` of them, exactly its first ones: the
+    /// tokenizer never sees more of a long text than it needs (see `windows`).
+    fn content_prefix(
+        &self,
+        text: &str,
+        prepare: &dyn Fn(&str) -> String,
+        budget: usize,
+        first_window: usize,
+        interrupt: &mut dyn FnMut(),
+    ) -> Result<Vec<u32>> {
         let hard_window = self.windows().1;
         let mut window = first_window;
-        let whole = || self.content(&self.prepare(kind, text));
+        let whole = || self.content(&prepare(text));
         let content = loop {
             if window >= text.len() {
                 break whole()?;
@@ -289,14 +304,14 @@ impl TextTokenizer {
                 if text.len() <= hard {
                     break whole()?;
                 }
-                break self.content(&self.prepare(kind, &text[..any_cut(text, hard)]))?;
+                break self.content(&prepare(&text[..any_cut(text, hard)]))?;
             }
             // A prefix that ends at a plain word keeps its end unstripped, as the
             // whole text would. Past the hard window, any boundary will do.
             let last = window >= hard_window;
             let cut = word_cut(text, window).or_else(|| last.then(|| any_cut(text, window)));
             if let Some(cut) = cut {
-                let ids = self.content(&self.prepare(kind, &text[..cut]))?;
+                let ids = self.content(&prepare(&text[..cut]))?;
                 if ids.len() >= budget {
                     break ids;
                 }
@@ -323,7 +338,32 @@ impl TextTokenizer {
             }
             window = window.saturating_mul(4).min(hard_window.max(first_window));
         };
-        Ok(self.wrap(content))
+        Ok(content)
+    }
+
+    /// Token ids a cross-encoder sees for the pair (`query`, `passage`), as Hugging
+    /// Face's tokenizer gives them to sentence-transformers' `CrossEncoder.predict`:
+    /// `<s> query </s></s> passage </s>`, the texts as they are (not stripped), the
+    /// pair truncated to `max_tokens` by the `longest_first` strategy (see
+    /// [`truncate_pair`]). `interrupt` runs between the pieces of a long text.
+    pub fn encode_pair(&self, query: &str, passage: &str, interrupt: &mut dyn FnMut()) -> Result<Vec<u32>> {
+        let budget = self.max_tokens.saturating_sub(4);
+        // Neither side can keep more than the whole budget, so `budget` first tokens
+        // of each are all truncation can use: longer texts are tokenized no further.
+        let raw = |t: &str| if self.lower_case { t.to_lowercase() } else { t.to_owned() };
+        let first = self.windows().0;
+        let mut q = self.content_prefix(query, &raw, budget + 1, first, interrupt)?;
+        let mut p = self.content_prefix(passage, &raw, budget + 1, first, interrupt)?;
+        let (nq, np) = truncate_pair(q.len(), p.len(), budget);
+        q.truncate(nq);
+        p.truncate(np);
+        let mut ids = Vec::with_capacity(q.len() + p.len() + 4);
+        ids.push(self.bos);
+        ids.extend_from_slice(&q);
+        ids.extend_from_slice(&[self.eos, self.eos]);
+        ids.extend_from_slice(&p);
+        ids.push(self.eos);
+        Ok(ids)
     }
 
     /// `<s>`, the first `max_tokens - 2` content ids, `</s>`: truncation as the
@@ -531,4 +571,25 @@ mod bounded_tests {
             }
         }
     }
+}
+
+/// How many tokens of each side of a pair `longest_first` truncation keeps, as the
+/// tokenizers library computes it (`truncate_encodings`): nothing is cut when both fit;
+/// else the longer side is cut to what the shorter leaves, but to no less than half
+/// of `max`; when both are longer than that, each keeps half (the second side the odd
+/// token).
+pub fn truncate_pair(n1: usize, n2: usize, max: usize) -> (usize, usize) {
+    if n1 + n2 <= max {
+        return (n1, n2);
+    }
+    let swap = n1 > n2;
+    // `a` for the shorter side, `b` for the longer.
+    let mut a = n1.min(n2);
+    let mut b = if a > max { a } else { a.max(max - a) };
+    if a + b > max {
+        a = max / 2;
+        b = a + max % 2;
+    }
+    let (a, b) = if swap { (b, a) } else { (a, b) };
+    (n1.min(a), n2.min(b))
 }
