@@ -287,3 +287,102 @@ fn koe5_download() -> String {
         None => report(PgSqlErrorCode::ERRCODE_SYSTEM_ERROR, format!("download of \"{id}\" failed"), None, None),
     }
 }
+
+/// Passages scored per round of `koe5_rerank`: results stream out as rounds finish.
+const RERANK_ROUND: usize = 256;
+
+#[pg_extern(sql = false)]
+fn koe5_rerank_score(query: &[u8], passage: &[u8]) -> f32 {
+    let (query, passage) = (to_utf8(query), to_utf8(passage));
+    let m = session::reranker().or_raise();
+    let score = m.reranker.rerank(&query, &[&passage], &mut check_interrupts).or_raise()[0];
+    session::release_free_memory();
+    score
+}
+
+#[pg_extern(sql = false)]
+fn koe5_rerank(query: &[u8], passages: Array<'_, &[u8]>) -> SetOfIterator<'static, Option<f32>> {
+    let query = to_utf8(query).into_owned();
+    let owned: Vec<Option<String>> = passages.iter().map(|t| t.map(|b| to_utf8(b).into_owned())).collect();
+    if unsafe { (*passages.into_array_type()).ndim } > 1 {
+        data_error(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "array must be one-dimensional");
+    }
+    let m = session::reranker().or_raise();
+    let mut next = 0;
+    let mut ready: VecDeque<Option<f32>> = VecDeque::new();
+    SetOfIterator::new(std::iter::from_fn(move || {
+        if ready.is_empty() && next < owned.len() {
+            let end = (next + RERANK_ROUND).min(owned.len());
+            let round = &owned[next..end];
+            let present: Vec<&str> = round.iter().flatten().map(String::as_str).collect();
+            let mut scores = m.reranker.rerank(&query, &present, &mut check_interrupts).or_raise().into_iter();
+            session::release_free_memory();
+            for p in round {
+                ready.push_back(p.as_ref().map(|_| scores.next().expect("one score per passage")));
+            }
+            next = end;
+        }
+        ready.pop_front()
+    }))
+}
+
+#[pg_extern(sql = false)]
+fn koe5_reranker_info() -> JsonB {
+    let mut info = json!({
+        "reranker_path": gucs::reranker_path().map(|p| p.display().to_string()),
+        "reranker_id": gucs::reranker_id(),
+        "precision": gucs::precision().name(),
+    });
+    if let Some((_, message, _, _)) = gucs::dropped_pin() {
+        info["loaded"] = json!(false);
+        info["error"] = json!(message);
+        return JsonB(info);
+    }
+    let dir = match session::resolve_reranker_dir() {
+        Ok(d) => d,
+        Err(e) => {
+            info["loaded"] = json!(false);
+            info["error"] = json!(e.message);
+            return JsonB(info);
+        }
+    };
+    info["directory"] = json!(dir.display().to_string());
+    let loaded = session::loaded_reranker().filter(|m| m.dir == dir && m.reranker.precision == gucs::precision());
+    let spec = match &loaded {
+        Some(m) => m.reranker.spec.clone(),
+        None => match koe5_core::RerankerSpec::read(&dir) {
+            Ok(s) => s,
+            Err(e) => {
+                info["loaded"] = json!(false);
+                info["error"] = json!(e.message);
+                return JsonB(info);
+            }
+        },
+    };
+    info["architecture"] = json!("XLMRobertaForSequenceClassification");
+    info["max_tokens"] = json!(spec.max_tokens);
+    info["activation"] = json!(spec.score.name());
+    info["layers"] = json!(spec.encoder.num_hidden_layers);
+    info["hidden_size"] = json!(spec.encoder.hidden_size);
+    info["weights"] = json!(spec.weights.display().to_string());
+    match &loaded {
+        Some(m) => {
+            info["sha256"] = json!(m.reranker.weights_sha256);
+            info["loaded"] = json!(true);
+            info["load_time_ms"] = json!(millis(m.reranker.load_time));
+            let at = m.loaded_at.duration_since(UNIX_EPOCH).unwrap_or_default();
+            info["loaded_at_unix"] = json!(at.as_secs());
+        }
+        None => {
+            match session::weights_sha256(&spec.weights) {
+                Ok(hex) => info["sha256"] = json!(hex),
+                Err(e) => {
+                    info["sha256"] = json!(null);
+                    info["error"] = json!(e.message);
+                }
+            }
+            info["loaded"] = json!(false);
+        }
+    }
+    JsonB(info)
+}

@@ -9,6 +9,11 @@ pub static MODEL_PATH: GucSetting<Option<std::ffi::CString>> = GucSetting::<Opti
 pub static MODEL_ID: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(Some(c"nlpai-lab/KoE5"));
 
+/// The cross-encoder: a directory, or a Hugging Face id found in the cache.
+pub static RERANKER_PATH: GucSetting<Option<std::ffi::CString>> = GucSetting::<Option<std::ffi::CString>>::new(None);
+pub static RERANKER_ID: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(Some(c"BAAI/bge-reranker-v2-m3"));
+
 /// Compute threads per backend (0: one per CPU core), at most THREADS_MAX.
 pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 const THREADS_MAX: i32 = 1024;
@@ -93,6 +98,22 @@ pub fn init() {
         c"Sets the Hugging Face model id used when koe5.model_path is empty.",
         c"koe5 looks for the id in the Hugging Face cache (HF_HUB_CACHE, HF_HOME or ~/.cache/huggingface of the server's user); koe5_download() fetches it there.",
         &MODEL_ID,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"koe5.reranker_path",
+        c"Sets the directory of the cross-encoder that koe5_rerank() runs.",
+        c"An XLMRobertaForSequenceClassification with one label, as sentence-transformers' CrossEncoder saves it (config.json, model.safetensors, tokenizer.json). When empty, koe5 looks for koe5.reranker_id in the Hugging Face cache.",
+        &RERANKER_PATH,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"koe5.reranker_id",
+        c"Sets the Hugging Face id of the cross-encoder used when koe5.reranker_path is empty.",
+        c"koe5 looks for the id in the Hugging Face cache of the server's user.",
+        &RERANKER_ID,
         GucContext::Suset,
         GucFlags::default(),
     );
@@ -186,7 +207,14 @@ pub fn init() {
 }
 
 /// The settings only superusers (or roles granted SET on them) may set.
-const SUPERUSER_ONLY: [&CStr; 4] = [c"koe5.model_path", c"koe5.model_id", c"koe5.threads", c"koe5.precision"];
+const SUPERUSER_ONLY: [&CStr; 6] = [
+    c"koe5.model_path",
+    c"koe5.model_id",
+    c"koe5.reranker_path",
+    c"koe5.reranker_id",
+    c"koe5.threads",
+    c"koe5.precision",
+];
 
 /// `koe5.refused_at_load`: "name=value" of the first superuser-only setting whose
 /// session-start value PostgreSQL refused when koe5 loaded in this session, or empty.
@@ -336,6 +364,19 @@ pub fn model_path() -> Option<std::path::PathBuf> {
         .get()
         .filter(|s| !s.to_bytes().trim_ascii().is_empty())
         .map(|s| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(s.to_bytes())))
+}
+
+/// The cross-encoder's directory, as bytes (see [`model_path`]).
+pub fn reranker_path() -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    RERANKER_PATH
+        .get()
+        .filter(|s| !s.to_bytes().trim_ascii().is_empty())
+        .map(|s| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(s.to_bytes())))
+}
+
+pub fn reranker_id() -> String {
+    text_of(&RERANKER_ID).unwrap_or_else(|| "BAAI/bge-reranker-v2-m3".to_owned())
 }
 
 pub fn model_id() -> String {

@@ -51,7 +51,8 @@ extension_sql_file!("../sql/surface/chunking.sql", name = "chunking", requires =
 extension_sql_file!("../sql/surface/pipeline.sql", name = "pipeline", requires = ["chunking"]);
 extension_sql_file!("../sql/surface/trigger.sql", name = "trigger", requires = ["pipeline"]);
 extension_sql_file!("../sql/surface/backfill.sql", name = "backfill", requires = ["trigger"]);
-extension_sql_file!("../sql/surface/textsearch.sql", name = "textsearch", requires = ["backfill"]);
+extension_sql_file!("../sql/surface/reranking.sql", name = "reranking", requires = ["backfill"]);
+extension_sql_file!("../sql/surface/textsearch.sql", name = "textsearch", requires = ["reranking"]);
 extension_sql_file!("../sql/surface/hybrid.sql", name = "hybrid", requires = ["textsearch"]);
 extension_sql_file!("../sql/surface/queue.sql", name = "queue", requires = ["hybrid"], finalize);
 

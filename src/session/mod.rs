@@ -4,6 +4,7 @@
 //!
 //! - `model`: the loaded model, loaded on first use and replaced when the settings
 //!   name another, and the SHA-256 of a weights file;
+//! - `reranker`: the loaded cross-encoder, kept the same way;
 //! - `query_cache`: the recent query embeddings of a loaded model;
 //! - `stats`: what the backend has embedded;
 //! - `preload`: the model the postmaster loads before any backend exists, which every
@@ -16,11 +17,13 @@ mod memory;
 mod model;
 mod preload;
 mod query_cache;
+mod reranker;
 mod stats;
 mod threads;
 
 pub use memory::release_free_memory;
 pub use model::{loaded, model, resolve_dir, weights_sha256};
 pub use preload::preload;
+pub use reranker::{loaded_reranker, reranker, resolve_reranker_dir};
 pub use stats::{count_embedded, stats};
 pub use threads::{check_interrupts, spawn};

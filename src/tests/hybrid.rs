@@ -375,8 +375,8 @@ mod client {
         let mut c = database("koe5_hybrid_security");
         let texts = corpus();
         c.batch_execute(&format!(
-            "DO $$ BEGIN CREATE ROLE koe5_hybrid_reader; EXCEPTION WHEN duplicate_object THEN END $$;
-             DO $$ BEGIN CREATE ROLE koe5_hybrid_stranger; EXCEPTION WHEN duplicate_object THEN END $$;
+            "DO $$ BEGIN CREATE ROLE koe5_hybrid_reader; EXCEPTION WHEN duplicate_object OR unique_violation THEN END $$;
+             DO $$ BEGIN CREATE ROLE koe5_hybrid_stranger; EXCEPTION WHEN duplicate_object OR unique_violation THEN END $$;
              CREATE TABLE \"My Docs\" (id int PRIMARY KEY, \"b o d y\" text, \"e m b\" {VECTOR}, reader name);"
         ))
         .unwrap();

@@ -19,6 +19,8 @@
 //! - `download`: model ids in the Hugging Face cache, koe5_download().
 //! - `pipelines`: generated columns, koe5_embed_trigger, the pgvector recipes.
 //! - `queue`: the queue, the background worker and koe5_backfill.
+//! - `reranking`: koe5_rerank_score and koe5_rerank against the reference, bf16,
+//!   EUC_KR, koe5_reranker_info, wrong directories.
 //! - `textsearch`: the Korean text search configuration `koe5` (parser, dictionaries).
 //! - `hybrid`: koe5_hybrid_search against a brute-force fusion, its plans (HNSW and
 //!   GIN), quoted names, a hostile search_path, row-level security, its errors.
@@ -38,6 +40,7 @@ mod parity;
 mod pipelines;
 mod privileges;
 mod queue;
+mod reranking;
 mod textsearch;
 mod upgrade;
 

@@ -33,7 +33,7 @@ mod client {
         // In a fresh session koe5 is not loaded yet, so SET creates a placeholder; loading
         // the library must drop a placeholder that a plain user set.
         let mut c = connect(None);
-        c.batch_execute("DO $$ BEGIN CREATE ROLE koe5_placeholder_user; EXCEPTION WHEN duplicate_object THEN END $$")
+        c.batch_execute("DO $$ BEGIN CREATE ROLE koe5_placeholder_user; EXCEPTION WHEN duplicate_object OR unique_violation THEN END $$")
             .unwrap();
         let preloaded: String = c.query_one("SHOW shared_preload_libraries", &[]).unwrap().get(0);
         if preloaded.contains("koe5") {
@@ -60,8 +60,8 @@ mod client {
     fn privileges_are_refused_to_plain_users_and_can_be_granted() {
         let mut c = fresh_database("koe5_privileges", "UTF8");
         c.batch_execute(
-            "DO $$ BEGIN CREATE ROLE koe5_delegate; EXCEPTION WHEN duplicate_object THEN END $$;
-             DO $$ BEGIN CREATE ROLE koe5_nobody; EXCEPTION WHEN duplicate_object THEN END $$;",
+            "DO $$ BEGIN CREATE ROLE koe5_delegate; EXCEPTION WHEN duplicate_object OR unique_violation THEN END $$;
+             DO $$ BEGIN CREATE ROLE koe5_nobody; EXCEPTION WHEN duplicate_object OR unique_violation THEN END $$;",
         )
         .unwrap();
         c.batch_execute("SET ROLE koe5_nobody").unwrap();
@@ -108,7 +108,7 @@ mod client {
         db.batch_execute(&format!(
             "SET koe5.model_path = '{FIXTURES}/tiny-xlmr';
              CREATE SCHEMA koe5; CREATE EXTENSION koe5 SCHEMA koe5;
-             DO $$ BEGIN CREATE ROLE koe5_mallory; EXCEPTION WHEN duplicate_object THEN END $$;
+             DO $$ BEGIN CREATE ROLE koe5_mallory; EXCEPTION WHEN duplicate_object OR unique_violation THEN END $$;
              GRANT CREATE, USAGE ON SCHEMA public TO koe5_mallory;
              GRANT USAGE ON SCHEMA koe5 TO koe5_mallory;
              CREATE TABLE docs (id int PRIMARY KEY, body text, emb real[]);
@@ -170,8 +170,8 @@ mod client {
         ))
         .unwrap();
         db.batch_execute(
-            "DO $$ BEGIN CREATE ROLE koe5_owner; EXCEPTION WHEN duplicate_object THEN END $$;
-             DO $$ BEGIN CREATE ROLE koe5_mallory; EXCEPTION WHEN duplicate_object THEN END $$;
+            "DO $$ BEGIN CREATE ROLE koe5_owner; EXCEPTION WHEN duplicate_object OR unique_violation THEN END $$;
+             DO $$ BEGIN CREATE ROLE koe5_mallory; EXCEPTION WHEN duplicate_object OR unique_violation THEN END $$;
              GRANT ALL ON SCHEMA public TO koe5_owner, koe5_mallory;
              SET ROLE koe5_owner;
              CREATE TABLE docs (id int PRIMARY KEY, body text, emb real[]);

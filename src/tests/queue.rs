@@ -321,9 +321,9 @@ mod client {
     fn the_queue_follows_table_ownership_and_survives_renames_and_drops() {
         let mut db = fresh_database("koe5_queue_roles", "UTF8");
         db.batch_execute(
-            "DO $$ BEGIN CREATE ROLE koe5_alice; EXCEPTION WHEN duplicate_object THEN END $$;
-             DO $$ BEGIN CREATE ROLE koe5_bob; EXCEPTION WHEN duplicate_object THEN END $$;
-             DO $$ BEGIN CREATE ROLE koe5_writer; EXCEPTION WHEN duplicate_object THEN END $$;
+            "DO $$ BEGIN CREATE ROLE koe5_alice; EXCEPTION WHEN duplicate_object OR unique_violation THEN END $$;
+             DO $$ BEGIN CREATE ROLE koe5_bob; EXCEPTION WHEN duplicate_object OR unique_violation THEN END $$;
+             DO $$ BEGIN CREATE ROLE koe5_writer; EXCEPTION WHEN duplicate_object OR unique_violation THEN END $$;
              GRANT ALL ON SCHEMA public TO koe5_alice, koe5_bob;
              SET ROLE koe5_alice;
              CREATE TABLE notes (a int, b text, body text, emb real[], PRIMARY KEY (a, b));
@@ -417,7 +417,7 @@ mod client {
         // A writer with a column grant only.
         db.batch_execute(
             "RESET ROLE;
-             DO $$ BEGIN CREATE ROLE koe5_column_writer; EXCEPTION WHEN duplicate_object THEN END $$;
+             DO $$ BEGIN CREATE ROLE koe5_column_writer; EXCEPTION WHEN duplicate_object OR unique_violation THEN END $$;
              SET ROLE koe5_alice;
              GRANT SELECT, UPDATE (text_ko) ON notes TO koe5_column_writer;
              RESET ROLE; SET ROLE koe5_column_writer;
