@@ -25,11 +25,11 @@ use crate::session::check_interrupts;
 /// The tokenizer the parser is pinned to (its SHA-256 is checked by a test below).
 static TOKENIZER_JSON: &[u8] = include_bytes!("../data/tokenizer/xlm-roberta.json");
 
-/// Token types, numbered as PostgreSQL's default parser numbers the same kinds, so that
-/// its headline function treats them alike: a piece is a word (2), a blank a space
-/// (12), and a whole word of several pieces a hyphenated word (17) and a Hangul bigram
-/// a part of one (16), which headlines skip because the pieces they overlap are given
-/// too.
+/// Token types, numbered so that PostgreSQL's headline function (`prsd_headline`)
+/// treats them as it must: a piece is a word (2, the default parser's `asciiword`), a
+/// blank a space (12); a whole word of several pieces (17, `hword`) and a Hangul bigram
+/// (16, `asciihword`) are numbers that function skips when it rebuilds the text
+/// (`HLIDSKIP`), because the pieces they overlap are given too.
 const PIECE: c_int = 2;
 const BLANK: c_int = 12;
 const BIGRAM: c_int = 16;

@@ -42,6 +42,6 @@ COMMENT ON TEXT SEARCH DICTIONARY koe5_content IS 'koe5 pieces as lexemes, parti
 
 CREATE TEXT SEARCH CONFIGURATION koe5 (PARSER = koe5);
 ALTER TEXT SEARCH CONFIGURATION koe5 ADD MAPPING FOR piece WITH koe5_content;
-ALTER TEXT SEARCH CONFIGURATION koe5 ADD MAPPING FOR bigram WITH koe5;
+ALTER TEXT SEARCH CONFIGURATION koe5 ADD MAPPING FOR bigram WITH koe5_content;
 COMMENT ON TEXT SEARCH CONFIGURATION koe5 IS
     'Korean text search on the model''s pieces (particles and endings dropped) and Hangul bigrams: to_tsvector(''koe5'', body), websearch_to_tsquery(''koe5'', q)';

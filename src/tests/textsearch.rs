@@ -118,6 +118,8 @@ mod client {
             let a: String = utf8.query_one("SELECT to_tsvector('koe5', $1)::text", &[&t]).unwrap().get(0);
             let b: String = euc.query_one("SELECT to_tsvector('koe5', $1)::text", &[&t]).unwrap().get(0);
             assert_eq!(a, b, "{t}");
+            // HighlightAll: the whole text, not the fragment PostgreSQL picks by default
+            // (the default options are checked in UTF-8 above).
             let h: String = euc
                 .query_one(
                     "SELECT ts_headline('koe5', $1, to_tsquery('koe5', '한글 | 국회 | 번역'), 'HighlightAll=true')",

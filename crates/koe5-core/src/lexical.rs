@@ -63,9 +63,9 @@ pub enum TokenKind {
     /// Two neighbouring Hangul syllables of a word (`헌법재판소를` gives `헌법`, `법재`,
     /// `재판`, `판소`), given when [`Options::bigrams`] is set just before the word's
     /// pieces (after its Word token), so that a phrase query of the same word matches
-    /// whatever particle follows it in the text; none from a final piece that is a
-    /// particle or ending ([`KOREAN_PARTICLES`]), so `국민의` gives `국민` alone.
-    /// Overlaps the pieces, as a word does.
+    /// whatever particle follows it in the text; none from the trailing pieces that
+    /// are particles or endings ([`KOREAN_PARTICLES`]), so `국민의` and `국민에게는`
+    /// give `국민` alone and `또는` none. Overlaps the pieces, as a word does.
     Bigram,
 }
 
@@ -93,6 +93,9 @@ pub struct Options {
 /// `및`, `등` and `또는`, as a word of their own. Measured on data/ko (the constitution
 /// and a bill, 65 KB): each occurs as a piece there. Some are also pieces of other words
 /// (`이` in `이 법`, `가` in `가능`); [`tokens`] never filters them, a dictionary may.
+/// Compound particles the tokenizer keeps as one piece (`에게는`, `으로부터`) are not
+/// listed: adding them (and 하며, 된다, …) measured worse on the constitution set
+/// (bench/RESULTS-retrieval.md).
 #[rustfmt::skip]
 pub const KOREAN_PARTICLES: &[&str] = &[
     // Case, topic and connective particles.
@@ -239,13 +242,14 @@ impl Builder<'_> {
             let lexeme = lexeme(&self.text[start..end]);
             self.tokens.push(Token { start, end, kind: TokenKind::Word, lexeme });
         }
-        // The stem: the word without a final particle or ending (of a word of two or
-        // more pieces; a particle alone is a word of its own and has no bigram of note).
-        let stem_end = match self.word.as_slice() {
-            [.., last] if self.word.len() > 1 && KOREAN_PARTICLES.contains(&last.lexeme.as_str()) => last.start,
-            [.., last] => last.end,
-            [] => unreachable!(),
-        };
+        // The stem: the word without its trailing particles and endings (`국민에게는` →
+        // `국민`); a word that is all particles (`또는`) has none. Bigrams equal to a
+        // particle (`에서` inside a stem) are left to the dictionary to drop.
+        let mut stem_pieces = self.word.len();
+        while stem_pieces > 0 && KOREAN_PARTICLES.contains(&self.word[stem_pieces - 1].lexeme.as_str()) {
+            stem_pieces -= 1;
+        }
+        let stem_end = if stem_pieces == 0 { self.word[0].start } else { self.word[stem_pieces - 1].end };
         if self.options.bigrams {
             let from = self.word[0].start;
             let mut prev: Option<(usize, char)> = None;

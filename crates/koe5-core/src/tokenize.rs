@@ -346,6 +346,13 @@ impl TextTokenizer {
     /// `<s> query </s></s> passage </s>`, the texts as they are (not stripped), the
     /// pair truncated to `max_tokens` by the `longest_first` strategy (see
     /// [`truncate_pair`]). `interrupt` runs between the pieces of a long text.
+    ///
+    /// Each side is tokenized only as far as truncation can use (`max_tokens - 3`
+    /// tokens). That is exact but for two edge cases: when both texts are longer than
+    /// that and `max_tokens` is odd (no model koe5 knows: XLM-R's 512, BGE-M3's 8192),
+    /// which side gets the odd token is decided by those prefixes, not the whole
+    /// texts; and a text of more than 64 KiB that is mostly whitespace is read piece
+    /// by piece, trimmed at the pieces' ends.
     pub fn encode_pair(&self, query: &str, passage: &str, interrupt: &mut dyn FnMut()) -> Result<Vec<u32>> {
         let budget = self.max_tokens.saturating_sub(4);
         // Neither side can keep more than the whole budget, so `budget` first tokens
@@ -576,8 +583,8 @@ mod bounded_tests {
 /// How many tokens of each side of a pair `longest_first` truncation keeps, as the
 /// tokenizers library computes it (`truncate_encodings`): nothing is cut when both fit;
 /// else the longer side is cut to what the shorter leaves, but to no less than half
-/// of `max`; when both are longer than that, each keeps half (the second side the odd
-/// token).
+/// of `max`; when both are longer than that, each keeps half, the longer side (the
+/// second on a tie) the odd token of an odd `max`.
 pub fn truncate_pair(n1: usize, n2: usize, max: usize) -> (usize, usize) {
     if n1 + n2 <= max {
         return (n1, n2);

@@ -183,3 +183,24 @@ fn a_directory_of_the_wrong_kind_is_a_clear_error() {
     let e = Reranker::load(&odd).err().unwrap();
     assert!(e.message.starts_with("unsupported cross-encoder activation"), "{}", e.message);
 }
+
+/// `truncate_pair` against cases worked by hand from tokenizers' `truncate_encodings`.
+#[test]
+fn pair_truncation_is_longest_first() {
+    use koe5_core::tokenize::truncate_pair;
+    for (n1, n2, max, want) in [
+        (3, 4, 10, (3, 4)),  // both fit
+        (3, 20, 10, (3, 7)), // only the longer is cut, to what the shorter leaves
+        (20, 3, 10, (7, 3)), // the same with the sides swapped
+        (8, 9, 10, (5, 5)),  // both cut to half
+        (8, 9, 11, (5, 6)),  // odd: the longer keeps the odd token
+        (9, 8, 11, (6, 5)),
+        (9, 9, 11, (5, 6)),   // a tie: the second side
+        (20, 30, 11, (5, 6)), // both over the maximum
+        (0, 20, 10, (0, 10)), // an empty side
+        (2, 9, 10, (2, 8)),
+        (6, 9, 10, (5, 5)), // what the shorter leaves is below half: halves
+    ] {
+        assert_eq!(truncate_pair(n1, n2, max), want, "{n1} {n2} {max}");
+    }
+}
