@@ -176,11 +176,19 @@ mod client {
     fn background_worker_embeds_queued_rows_without_blocking_writers() {
         // The test server's configuration (crate::pg_test) runs the worker on this database.
         let mut admin = connect(None);
-        admin.batch_execute("DROP DATABASE IF EXISTS koe5_worker_test WITH (FORCE)").unwrap();
-        admin.batch_execute("CREATE DATABASE koe5_worker_test").unwrap();
-        admin
-            .batch_execute(&format!("ALTER DATABASE koe5_worker_test SET koe5.model_path = '{FIXTURES}/tiny-xlmr'"))
-            .unwrap();
+        // The database gets its settings under another name and then its own, so the
+        // worker (which retries its database every 5 s) can never connect to it
+        // without them; a worker that did would embed with no model and set the rows
+        // aside (this raced under load once).
+        for sql in [
+            "DROP DATABASE IF EXISTS koe5_worker_test WITH (FORCE)".to_owned(),
+            "DROP DATABASE IF EXISTS koe5_worker_test_new WITH (FORCE)".to_owned(),
+            "CREATE DATABASE koe5_worker_test_new".to_owned(),
+            format!("ALTER DATABASE koe5_worker_test_new SET koe5.model_path = '{FIXTURES}/tiny-xlmr'"),
+            "ALTER DATABASE koe5_worker_test_new RENAME TO koe5_worker_test".to_owned(),
+        ] {
+            admin.batch_execute(&sql).unwrap();
+        }
         let mut db = connect(Some("koe5_worker_test"));
         db.batch_execute(
             "CREATE EXTENSION koe5;
