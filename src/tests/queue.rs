@@ -298,11 +298,26 @@ mod client {
         db.batch_execute("SELECT koe5_dequeue_table('slow'); DROP TABLE slow").unwrap();
         // A worker that cannot load its model counts no attempt against any row, and
         // says why in the table's last_error; once the model is back, the row goes in.
+        // A worker reads the database's settings when it connects: after a change, any
+        // worker that connected before it is stopped, also one that was still starting
+        // when the change was made (under load one was, and kept the old setting).
+        let since_now =
+            |admin: &mut postgres::Client| -> String { admin.query_one("SELECT now()::text", &[]).unwrap().get(0) };
+        let stop_older_workers = |admin: &mut postgres::Client, since: &str| {
+            admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE backend_type = 'koe5 worker' AND datname = 'koe5_worker_test' AND backend_start < $1::text::timestamptz",
+                    &[&since],
+                )
+                .unwrap();
+        };
         admin.batch_execute("ALTER DATABASE koe5_worker_test SET koe5.model_path = '/nonexistent/koe5-model'").unwrap();
-        let pid = worker_pid(&mut admin).expect("the worker is connected");
-        admin.query_one("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+        let since = since_now(&mut admin);
+        stop_older_workers(&mut admin, &since);
         db.batch_execute("INSERT INTO docs VALUES (1001, '모델이 없는 동안 들어온 행')").unwrap();
         wait_for("the worker's model-load error as last_error", Duration::from_secs(30), || {
+            stop_older_workers(&mut admin, &since);
             db.query_opt("SELECT last_error FROM koe5_queue_status WHERE table_name = 'docs'::regclass", &[])
                 .unwrap()
                 .and_then(|r| r.get::<_, Option<String>>(0))
@@ -314,10 +329,10 @@ mod client {
         admin
             .batch_execute(&format!("ALTER DATABASE koe5_worker_test SET koe5.model_path = '{FIXTURES}/tiny-xlmr'"))
             .unwrap();
-        if let Some(pid) = worker_pid(&mut admin) {
-            admin.query_one("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
-        }
+        let since = since_now(&mut admin);
+        stop_older_workers(&mut admin, &since);
         wait_for("the row once the model is back", Duration::from_secs(40), || {
+            stop_older_workers(&mut admin, &since);
             db.query_one("SELECT emb IS NOT NULL FROM docs WHERE id = 1001", &[]).unwrap().get::<_, bool>(0)
         });
         db.batch_execute("SELECT koe5_dequeue_table('docs')").unwrap();
