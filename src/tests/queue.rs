@@ -223,14 +223,16 @@ mod client {
         let own: i64 = db.query_one("SELECT texts_embedded FROM koe5_backend_stats()", &[]).unwrap().get(0);
         assert_eq!(own, 0, "a writer must not run inference");
         let start = Instant::now();
-        wait_for("the worker to embed the first 250 rows", Duration::from_secs(90), || pending(&mut db) == (0, 250, 0));
+        wait_for("the worker to embed the first 250 rows", Duration::from_secs(240), || {
+            pending(&mut db) == (0, 250, 0)
+        });
         let first_embedded = start.elapsed();
         let old_pid = worker_pid(&mut admin).expect("the worker is connected");
 
         // Restart the worker (as pg_terminate_backend or a crash would); writes go on meanwhile.
         admin.query_one("SELECT pg_terminate_backend($1)", &[&old_pid]).unwrap();
         let second = insert(&mut db, 251, 500);
-        wait_for("the restarted worker to embed the rest", Duration::from_secs(90), || {
+        wait_for("the restarted worker to embed the rest", Duration::from_secs(240), || {
             let (p, d, f) = pending(&mut db);
             p == 0 && d == 499 && f == 1
         });

@@ -73,6 +73,33 @@ mod client {
                 }
             }
         }
+        // Rounds of 256: 800 passages, NULLs on both sides of the first round's end and a
+        // whole round of NULLs, in order; each distinct passage also scored alone.
+        let mut many: Vec<Option<&str>> = (0..800).map(|i| ps[i % ps.len()]["passage"].as_str()).collect();
+        for i in [255, 256].into_iter().chain(512..768) {
+            many[i] = None;
+        }
+        let q = "헌법재판소의 권한";
+        let rows: Vec<Option<f32>> = c
+            .query("SELECT s FROM koe5_rerank($1, $2) WITH ORDINALITY AS r(s, n) ORDER BY n", &[&q, &many])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(rows.len(), 800);
+        let mut alone = std::collections::HashMap::new();
+        for p in many.iter().flatten() {
+            if !alone.contains_key(p) {
+                alone.insert(*p, score(&mut c, q, p).unwrap());
+            }
+        }
+        for (i, (got, p)) in rows.iter().zip(&many).enumerate() {
+            match (got, p) {
+                (Some(g), Some(p)) => assert!((g - alone[p]).abs() <= 1e-6, "{i}: {g} against {}", alone[p]),
+                (None, None) => {}
+                _ => panic!("{i}: {got:?} for {p:?}"),
+            }
+        }
         let info: Value =
             c.query_one("SELECT koe5_reranker_info()::text", &[]).unwrap().get::<_, String>(0).parse().unwrap();
         assert_eq!(info["loaded"], true, "{info}");
