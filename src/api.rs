@@ -184,6 +184,25 @@ fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// `info` for a model that cannot be described further: not loaded, and why.
+fn unavailable(mut info: serde_json::Value, error: &str) -> JsonB {
+    info["loaded"] = json!(false);
+    info["error"] = json!(error);
+    JsonB(info)
+}
+
+/// The SHA-256 of a weights file this backend has not loaded, hashed on disk; a file
+/// that cannot be read is reported in `info`, not raised.
+fn hash_on_disk(info: &mut serde_json::Value, weights: &std::path::Path) {
+    match session::weights_sha256(weights) {
+        Ok(hex) => info["sha256"] = json!(hex),
+        Err(e) => {
+            info["sha256"] = json!(null);
+            info["error"] = json!(e.message);
+        }
+    }
+}
+
 #[pg_extern(sql = false)]
 fn koe5_model_info() -> JsonB {
     let mut info = json!({
@@ -195,17 +214,11 @@ fn koe5_model_info() -> JsonB {
         info["precision_auto"] = json!(koe5_core::Precision::auto_choice().1);
     }
     if let Some((_, message, _, _)) = gucs::dropped_pin() {
-        info["loaded"] = json!(false);
-        info["error"] = json!(message);
-        return JsonB(info);
+        return unavailable(info, &message);
     }
     let dir = match session::resolve_dir() {
         Ok(d) => d,
-        Err(e) => {
-            info["loaded"] = json!(false);
-            info["error"] = json!(e.message);
-            return JsonB(info);
-        }
+        Err(e) => return unavailable(info, &e.message),
     };
     info["directory"] = json!(dir.display().to_string());
     let loaded = session::loaded().filter(|m| m.dir == dir && m.embedder.precision == gucs::precision());
@@ -213,11 +226,7 @@ fn koe5_model_info() -> JsonB {
         Some(m) => m.embedder.spec.clone(),
         None => match ModelSpec::read(&dir) {
             Ok(s) => s,
-            Err(e) => {
-                info["loaded"] = json!(false);
-                info["error"] = json!(e.message);
-                return JsonB(info);
-            }
+            Err(e) => return unavailable(info, &e.message),
         },
     };
     info["architecture"] = json!(spec.encoder.architecture().name());
@@ -239,13 +248,7 @@ fn koe5_model_info() -> JsonB {
             info["loaded_at_unix"] = json!(at.as_secs());
         }
         None => {
-            match session::weights_sha256(&spec.weights) {
-                Ok(hex) => info["sha256"] = json!(hex),
-                Err(e) => {
-                    info["sha256"] = json!(null);
-                    info["error"] = json!(e.message);
-                }
-            }
+            hash_on_disk(&mut info, &spec.weights);
             info["loaded"] = json!(false);
             info["load_time_ms"] = json!(null);
         }
@@ -334,17 +337,11 @@ fn koe5_reranker_info() -> JsonB {
         "precision": gucs::precision().name(),
     });
     if let Some((_, message, _, _)) = gucs::dropped_pin() {
-        info["loaded"] = json!(false);
-        info["error"] = json!(message);
-        return JsonB(info);
+        return unavailable(info, &message);
     }
     let dir = match session::resolve_reranker_dir() {
         Ok(d) => d,
-        Err(e) => {
-            info["loaded"] = json!(false);
-            info["error"] = json!(e.message);
-            return JsonB(info);
-        }
+        Err(e) => return unavailable(info, &e.message),
     };
     info["directory"] = json!(dir.display().to_string());
     let loaded = session::loaded_reranker().filter(|m| m.dir == dir && m.reranker.precision == gucs::precision());
@@ -352,11 +349,7 @@ fn koe5_reranker_info() -> JsonB {
         Some(m) => m.reranker.spec.clone(),
         None => match koe5_core::RerankerSpec::read(&dir) {
             Ok(s) => s,
-            Err(e) => {
-                info["loaded"] = json!(false);
-                info["error"] = json!(e.message);
-                return JsonB(info);
-            }
+            Err(e) => return unavailable(info, &e.message),
         },
     };
     info["architecture"] = json!("XLMRobertaForSequenceClassification");
@@ -374,13 +367,7 @@ fn koe5_reranker_info() -> JsonB {
             info["loaded_at_unix"] = json!(at.as_secs());
         }
         None => {
-            match session::weights_sha256(&spec.weights) {
-                Ok(hex) => info["sha256"] = json!(hex),
-                Err(e) => {
-                    info["sha256"] = json!(null);
-                    info["error"] = json!(e.message);
-                }
-            }
+            hash_on_disk(&mut info, &spec.weights);
             info["loaded"] = json!(false);
         }
     }
