@@ -12,7 +12,7 @@ use crate::batch::{self, DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET};
 use crate::chunk::{self, Chunk};
 use crate::config::ModelSpec;
 use crate::error::{Error, ErrorKind, Result};
-use crate::files::file_stamp;
+use crate::files::{check_unchanged, file_stamp};
 use crate::precision::Precision;
 use crate::tokenize::{Kind, TextTokenizer};
 use crate::{model, pooling, weights};
@@ -41,17 +41,7 @@ impl Embedder {
         let start = Instant::now();
         let spec = ModelSpec::read(dir)?;
         let tokenizer = TextTokenizer::from_file(&spec.tokenizer, spec.max_tokens, spec.do_lower_case)?;
-        let max_id = tokenizer.max_id();
-        if max_id as usize >= spec.encoder.vocab_size {
-            return Err(Error::config(
-                &spec.tokenizer,
-                format!(
-                    "its token ids reach {max_id}, but the model's vocabulary has {} rows",
-                    spec.encoder.vocab_size
-                ),
-            )
-            .with_hint("tokenizer.json and config.json belong to different models."));
-        }
+        tokenizer.check_vocabulary(spec.encoder.vocab_size, &spec.tokenizer)?;
         let device = Device::Cpu;
         // A file rewritten in place while it is read would give a half-old, half-new
         // model: its size and modification time must not change during the load.
@@ -63,13 +53,7 @@ impl Embedder {
                 .map_err(|e| Error::weights(&spec.weights, e))?;
             (encoder, w.sha256)
         };
-        if file_stamp(&spec.weights)? != before {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!("model file \"{}\" changed while it was being loaded", spec.weights.display()),
-            )
-            .with_hint("Replace a model by renaming a complete new directory into place, then retry."));
-        }
+        check_unchanged(&spec.weights, &before)?;
         Ok(Embedder { spec, tokenizer, encoder, precision, weights_sha256, load_time: start.elapsed() })
     }
 

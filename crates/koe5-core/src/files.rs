@@ -181,6 +181,19 @@ pub fn sha256_file(path: &Path, interrupt: &mut dyn FnMut()) -> Result<String> {
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Fails if `path` is no longer the file `before` stamped: a file rewritten in place
+/// while it was read would give a half-old, half-new model.
+pub(crate) fn check_unchanged(path: &Path, before: &FileStamp) -> Result<()> {
+    if file_stamp(path)? != *before {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!("model file \"{}\" changed while it was being loaded", path.display()),
+        )
+        .with_hint("Replace a model by renaming a complete new directory into place, then retry."));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ use candle_nn::VarBuilder;
 use crate::batch::{self, DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET};
 use crate::config::{is_sequence_classifier, read_encoder, Activation, EncoderConfig};
 use crate::error::{Error, ErrorKind, Result};
-use crate::files::{self, file_stamp};
+use crate::files::{self, check_unchanged, file_stamp};
 use crate::precision::Precision;
 use crate::tokenize::TextTokenizer;
 use crate::{model, weights};
@@ -189,17 +189,7 @@ impl Reranker {
         let start = Instant::now();
         let spec = RerankerSpec::read(dir)?;
         let tokenizer = TextTokenizer::from_file(&spec.tokenizer, spec.max_tokens, false)?;
-        if tokenizer.max_id() as usize >= spec.encoder.vocab_size {
-            return Err(Error::config(
-                &spec.tokenizer,
-                format!(
-                    "its token ids reach {}, but the model's vocabulary has {} rows",
-                    tokenizer.max_id(),
-                    spec.encoder.vocab_size
-                ),
-            )
-            .with_hint("tokenizer.json and config.json belong to different models."));
-        }
+        tokenizer.check_vocabulary(spec.encoder.vocab_size, &spec.tokenizer)?;
         let before = file_stamp(&spec.weights)?;
         let w = weights::read_f32(&spec.dir, &spec.weights, &model::stored_transposed, interrupt)?;
         let vb = VarBuilder::from_tensors(w.tensors, DType::F32, &Device::Cpu);
@@ -223,13 +213,7 @@ impl Reranker {
         };
         let encoder = model::Encoder::new(&spec.encoder, spec.activation, precision, vb)
             .map_err(|e| Error::weights(&spec.weights, e))?;
-        if file_stamp(&spec.weights)? != before {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!("model file \"{}\" changed while it was being loaded", spec.weights.display()),
-            )
-            .with_hint("Replace a model by renaming a complete new directory into place, then retry."));
-        }
+        check_unchanged(&spec.weights, &before)?;
         Ok(Reranker { spec, tokenizer, encoder, head, precision, weights_sha256: w.sha256, load_time: start.elapsed() })
     }
 

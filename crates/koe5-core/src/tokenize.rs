@@ -202,6 +202,20 @@ impl TextTokenizer {
         model.max(added).max(self.bos).max(self.eos)
     }
 
+    /// Fails unless every id this tokenizer gives has a row in a vocabulary of
+    /// `vocab_size` (`path` names the tokenizer in the error).
+    pub(crate) fn check_vocabulary(&self, vocab_size: usize, path: &Path) -> Result<()> {
+        let max_id = self.max_id();
+        if max_id as usize >= vocab_size {
+            return Err(Error::config(
+                path,
+                format!("its token ids reach {max_id}, but the model's vocabulary has {vocab_size} rows"),
+            )
+            .with_hint("tokenizer.json and config.json belong to different models."));
+        }
+        Ok(())
+    }
+
     /// The most bytes of a long text tokenized for one embedding (a text with no
     /// plain word boundary that far is cut there; see `windows`).
     pub fn hard_window(&self) -> usize {
