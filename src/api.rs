@@ -221,7 +221,7 @@ fn koe5_model_info() -> JsonB {
         Err(e) => return unavailable(info, &e.message),
     };
     info["directory"] = json!(dir.display().to_string());
-    let loaded = session::loaded().filter(|m| m.dir == dir && m.embedder.precision == gucs::precision());
+    let loaded = session::loaded().filter(|m| m.from.dir == dir && m.embedder.precision == gucs::precision());
     let spec = match &loaded {
         Some(m) => m.embedder.spec.clone(),
         None => match ModelSpec::read(&dir) {
@@ -243,8 +243,8 @@ fn koe5_model_info() -> JsonB {
             info["sha256"] = json!(m.embedder.weights_sha256);
             info["loaded"] = json!(true);
             info["load_time_ms"] = json!(millis(m.embedder.load_time));
-            info["preloaded"] = json!(m.preloaded);
-            let at = m.loaded_at.duration_since(UNIX_EPOCH).unwrap_or_default();
+            info["preloaded"] = json!(m.from.preloaded);
+            let at = m.from.loaded_at.duration_since(UNIX_EPOCH).unwrap_or_default();
             info["loaded_at_unix"] = json!(at.as_secs());
         }
         None => {
@@ -258,9 +258,31 @@ fn koe5_model_info() -> JsonB {
 
 #[pg_extern(sql = false)]
 fn koe5_download() -> String {
+    download(koe5_core::hub::Kind::Embedder)
+}
+
+#[pg_extern(sql = false)]
+fn koe5_download_which(which: &str) -> String {
+    match which {
+        "model" => download(koe5_core::hub::Kind::Embedder),
+        "reranker" => download(koe5_core::hub::Kind::Reranker),
+        _ => report(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid download \"{which}\""),
+            None,
+            Some("Use 'model' (koe5.model_id) or 'reranker' (koe5.reranker_id).".into()),
+        ),
+    }
+}
+
+/// Downloads koe5.model_id or koe5.reranker_id into the server's Hugging Face cache.
+fn download(kind: koe5_core::hub::Kind) -> String {
     // EXECUTE is revoked from PUBLIC: superusers call this, and roles they GRANT it to.
     gucs::check_pins();
-    let id = gucs::model_id();
+    let id = match kind {
+        koe5_core::hub::Kind::Embedder => gucs::model_id(),
+        koe5_core::hub::Kind::Reranker => gucs::reranker_id(),
+    };
     koe5_core::hub::check_model_id(&id).or_raise();
     let cache = koe5_core::hub::cache_dir();
     // The download runs on a thread of its own while this backend waits for it and
@@ -269,7 +291,7 @@ fn koe5_download() -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     let worker_id = id.clone();
     let thread = session::spawn("koe5-download", move || {
-        let _ = tx.send(koe5_core::hub::download(&cache, &worker_id));
+        let _ = tx.send(koe5_core::hub::download(&cache, &worker_id, kind));
     })
     .unwrap_or_else(|e| {
         report(PgSqlErrorCode::ERRCODE_SYSTEM_ERROR, format!("could not start download thread: {e}"), None, None)
@@ -344,7 +366,7 @@ fn koe5_reranker_info() -> JsonB {
         Err(e) => return unavailable(info, &e.message),
     };
     info["directory"] = json!(dir.display().to_string());
-    let loaded = session::loaded_reranker().filter(|m| m.dir == dir && m.reranker.precision == gucs::precision());
+    let loaded = session::loaded_reranker().filter(|m| m.from.dir == dir && m.reranker.precision == gucs::precision());
     let spec = match &loaded {
         Some(m) => m.reranker.spec.clone(),
         None => match koe5_core::RerankerSpec::read(&dir) {
@@ -363,7 +385,8 @@ fn koe5_reranker_info() -> JsonB {
             info["sha256"] = json!(m.reranker.weights_sha256);
             info["loaded"] = json!(true);
             info["load_time_ms"] = json!(millis(m.reranker.load_time));
-            let at = m.loaded_at.duration_since(UNIX_EPOCH).unwrap_or_default();
+            info["preloaded"] = json!(m.from.preloaded);
+            let at = m.from.loaded_at.duration_since(UNIX_EPOCH).unwrap_or_default();
             info["loaded_at_unix"] = json!(at.as_secs());
         }
         None => {

@@ -375,8 +375,15 @@ pub fn reranker_path() -> Option<std::path::PathBuf> {
         .map(|s| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(s.to_bytes())))
 }
 
+const DEFAULT_RERANKER_ID: &str = "BAAI/bge-reranker-v2-m3";
+
+/// Whether koe5.reranker_id names another cross-encoder than the default.
+pub fn reranker_id_is_set() -> bool {
+    text_of(&RERANKER_ID).is_some_and(|id| id != DEFAULT_RERANKER_ID)
+}
+
 pub fn reranker_id() -> String {
-    text_of(&RERANKER_ID).unwrap_or_else(|| "BAAI/bge-reranker-v2-m3".to_owned())
+    text_of(&RERANKER_ID).unwrap_or_else(|| DEFAULT_RERANKER_ID.to_owned())
 }
 
 pub fn model_id() -> String {

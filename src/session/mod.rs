@@ -5,9 +5,10 @@
 //! - `model`: the loaded model, loaded on first use and replaced when the settings
 //!   name another, and the SHA-256 of a weights file;
 //! - `reranker`: the loaded cross-encoder, kept the same way;
+//! - `provenance`: where a loaded model came from (directory, files, the postmaster);
 //! - `query_cache`: the recent query embeddings of a loaded model;
 //! - `stats`: what the backend has embedded;
-//! - `preload`: the model the postmaster loads before any backend exists, which every
+//! - `preload`: the models the postmaster loads before any backend exists, which every
 //!   backend inherits;
 //! - `threads`: the compute threads, the signals they block, the one other kind of
 //!   thread koe5 starts, and the interrupt check on the backend's own thread;
@@ -16,6 +17,7 @@
 mod memory;
 mod model;
 mod preload;
+mod provenance;
 mod query_cache;
 mod reranker;
 mod stats;

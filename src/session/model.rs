@@ -3,38 +3,28 @@
 //! `koe5.precision` names another. Also the SHA-256 of a weights file, remembered
 //! while the file stays the same.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::SystemTime;
 
 use koe5_core::{hub, Embedder, Result};
 
 use super::memory::release_free_memory;
+use super::provenance::Provenance;
 use super::query_cache::QueryCache;
 use super::threads::{check_interrupts, start_threads};
 use crate::gucs;
 
 pub struct Loaded {
-    pub dir: PathBuf,
     pub embedder: Embedder,
-    pub loaded_at: SystemTime,
-    /// The model files (weights, tokenizer) as they were when it was loaded.
-    files: [Option<koe5_core::FileStamp>; 2],
-    /// Loaded by the postmaster (`koe5.preload`) and inherited at fork: shared with
-    /// every other session until this backend checks that its files are unchanged.
-    pub preloaded: bool,
-    unverified: Cell<bool>,
+    /// Its directory, when and by whom it was loaded, its files as they were then.
+    pub from: Provenance,
     /// Recent query embeddings of this model.
     queries: RefCell<QueryCache>,
 }
 
 /// A file as of one moment: path, and which file it names with its size and time.
 type FileStamp = (PathBuf, koe5_core::FileStamp);
-
-fn model_files(e: &Embedder) -> [Option<koe5_core::FileStamp>; 2] {
-    [koe5_core::file_stamp(&e.spec.weights).ok(), koe5_core::file_stamp(&e.spec.tokenizer).ok()]
-}
 
 thread_local! {
     static MODEL: RefCell<Option<Rc<Loaded>>> = const { RefCell::new(None) };
@@ -43,15 +33,8 @@ thread_local! {
 
 impl Loaded {
     pub(super) fn new(dir: PathBuf, embedder: Embedder, preloaded: bool) -> Loaded {
-        Loaded {
-            dir,
-            files: model_files(&embedder),
-            embedder,
-            loaded_at: SystemTime::now(),
-            preloaded,
-            unverified: Cell::new(preloaded),
-            queries: RefCell::default(),
-        }
+        let from = Provenance::new(dir, &embedder.spec.weights, &embedder.spec.tokenizer, preloaded);
+        Loaded { embedder, from, queries: RefCell::default() }
     }
 
     /// The remembered embedding of query `text`, if any.
@@ -65,24 +48,6 @@ impl Loaded {
 
     pub fn cached_queries(&self) -> usize {
         self.queries.borrow().entry_count()
-    }
-
-    /// A model a backend loaded itself is kept as it is, whatever happens to its files
-    /// (it is complete in memory). One inherited from the postmaster may be older than
-    /// the files: the backend's first use compares them once.
-    fn files_unchanged(&self) -> bool {
-        if !self.unverified.get() {
-            return true;
-        }
-        let same = model_files(&self.embedder) == self.files;
-        self.unverified.set(!same);
-        if !same {
-            pgrx::log!(
-                "koe5: the model files in \"{}\" changed after the server preloaded them; this session loads its own copy (restart the server to share one again)",
-                self.dir.display()
-            );
-        }
-        same
     }
 }
 
@@ -103,7 +68,7 @@ pub fn weights_sha256(path: &Path) -> Result<String> {
 pub fn resolve_dir() -> Result<PathBuf> {
     match gucs::model_path() {
         Some(p) => Ok(p),
-        None => hub::find_cached(&hub::cache_dir(), &gucs::model_id()),
+        None => hub::find_cached(&hub::cache_dir(), &gucs::model_id(), hub::Kind::Embedder),
     }
 }
 
@@ -124,7 +89,7 @@ pub fn model() -> Result<Rc<Loaded>> {
     let dir = resolve_dir()?;
     let precision = gucs::precision();
     if let Some(m) = loaded() {
-        if m.dir == dir && m.embedder.precision == precision && m.files_unchanged() {
+        if m.from.dir == dir && m.embedder.precision == precision && m.from.files_unchanged("model") {
             return Ok(m);
         }
     }

@@ -81,6 +81,44 @@ mod client {
         assert_eq!(n, 32);
     }
 
+    /// The same inside koe5_rerank: a cancel or a statement_timeout stops it in the
+    /// middle of a round of pairs, and the backend reranks again afterwards.
+    #[test]
+    fn cancel_and_statement_timeout_stop_a_long_rerank() {
+        const LONG_RERANK: &str = "SELECT count(*) FROM koe5_rerank('대통령의 임기는 몇 년인가?', array(
+            SELECT repeat('대한민국 헌법 제' || g || '조 ', 40) FROM generate_series(1, 100000) g))";
+        let mut a = connect(None);
+        a.batch_execute(&format!("SET koe5.reranker_path = '{FIXTURES}/tiny-xlmr-rerank'")).unwrap();
+        a.query_one("SELECT koe5_rerank_score('warm', 'up')", &[]).unwrap();
+        let pid: i32 = a.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+
+        let worker = std::thread::spawn(move || {
+            let r = a.query_one(LONG_RERANK, &[]);
+            (sqlstate_of(r), Instant::now(), a)
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut b = connect(None);
+        let sent = Instant::now();
+        let ok: bool = b.query_one("SELECT pg_cancel_backend($1)", &[&pid]).unwrap().get(0);
+        assert!(ok);
+        let (outcome, ended, mut a) = worker.join().unwrap();
+        let latency = ended.saturating_duration_since(sent);
+        assert_eq!(outcome, "57014: canceling statement due to user request");
+        assert!(latency < Duration::from_secs(1), "cancel took {latency:?}");
+        figure(format!("rerank cancel latency: {latency:?}"));
+
+        a.batch_execute("SET statement_timeout = '1s'").unwrap();
+        let start = Instant::now();
+        let outcome = sqlstate_of(a.query_one(LONG_RERANK, &[]));
+        let took = start.elapsed();
+        assert_eq!(outcome, "57014: canceling statement due to statement timeout");
+        assert!(took < Duration::from_secs(2), "statement_timeout of 1s stopped after {took:?}");
+        a.batch_execute("SET statement_timeout = 0").unwrap();
+        let n: i64 =
+            a.query_one("SELECT count(*) FROM koe5_rerank('질문', ARRAY['하나', '둘', NULL])", &[]).unwrap().get(0);
+        assert_eq!(n, 3);
+    }
+
     /// koe5.threads caps a backend's compute threads.
     #[test]
     fn koe5_threads_caps_the_compute_threads() {

@@ -56,6 +56,10 @@ mod tests {
         Spi::run("SET koe5.model_id = 'nlpai-lab/KoE5'").unwrap();
         let got = outcome("SELECT koe5_download()");
         assert!(got.starts_with("08000: could not download model \"nlpai-lab/KoE5\""), "{got}");
+        Spi::run("SET koe5.reranker_id = 'BAAI/bge-reranker-v2-m3'").unwrap();
+        let got = outcome("SELECT koe5_download('reranker')");
+        assert!(got.starts_with("08000: could not download reranker \"BAAI/bge-reranker-v2-m3\""), "{got}");
+        assert_eq!(outcome("SELECT koe5_download('tokenizer')"), "22023: invalid download \"tokenizer\"");
         unsafe {
             std::env::remove_var("HF_HUB_CACHE");
             std::env::remove_var("HF_ENDPOINT");
@@ -72,6 +76,10 @@ mod tests {
         let info = Spi::get_one::<pgrx::JsonB>("SELECT koe5_model_info()").unwrap().unwrap().0;
         assert_eq!(info["loaded"], false);
         assert_eq!(info["error"], "model \"nobody/no-such-model\" was not found");
+        Spi::run("SET koe5.reranker_path = ''").unwrap();
+        Spi::run("SET koe5.reranker_id = 'nobody/no-such-reranker'").unwrap();
+        let got = outcome("SELECT koe5_rerank_score('q', 'p')");
+        assert_eq!(got, "58P01: reranker \"nobody/no-such-reranker\" was not found");
     }
 }
 
@@ -183,6 +191,52 @@ mod client {
         assert_close("downloaded model", &got, &want);
         let info: serde_json::Value =
             c.query_one("SELECT koe5_model_info()::text", &[]).unwrap().get::<_, String>(0).parse().unwrap();
+        assert_eq!(info["directory"], dir);
+        let _ = std::fs::remove_dir_all(&cache);
+    }
+
+    /// koe5_download('reranker') fetches koe5.reranker_id's cross-encoder files (and no
+    /// others), and the reranker then loads from the cache and scores as the reference.
+    #[test]
+    fn download_fetches_a_reranker_that_then_loads_from_the_cache() {
+        const REPO: &str = "koe5-test/tiny-rerank";
+        const COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
+        let fixture = std::path::Path::new(FIXTURES).join("tiny-xlmr-rerank");
+        let mut files: Vec<(String, Vec<u8>)> = koe5_core::hub::RERANKER_FILES
+            .iter()
+            .map(|f| (f.to_string(), std::fs::read(fixture.join(f)).unwrap()))
+            .collect();
+        files.push(("onnx/model.onnx".into(), b"not wanted".to_vec()));
+        let (port, log) = fake_hub(REPO, COMMIT, files);
+        let cache = std::env::temp_dir().join(format!("koe5-fakehub-rerank-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&cache);
+
+        let mut c = connect(None);
+        c.execute("SELECT tests.set_env_for_test('HF_ENDPOINT', $1)", &[&format!("http://127.0.0.1:{port}")]).unwrap();
+        c.execute("SELECT tests.set_env_for_test('HF_HUB_CACHE', $1)", &[&cache.display().to_string()]).unwrap();
+        c.batch_execute(&format!("SET koe5.reranker_path = ''; SET koe5.reranker_id = '{REPO}'")).unwrap();
+        let dir: String = c.query_one("SELECT koe5_download('reranker')", &[]).unwrap().get(0);
+        assert_eq!(dir, cache.join("models--koe5-test--tiny-rerank/snapshots").join(COMMIT).display().to_string());
+        let requests = log.lock().unwrap().clone();
+        assert!(requests.iter().all(|r| !r.contains("onnx")), "{requests:?}");
+        assert!(requests.iter().any(|r| r.starts_with("GET") && r.contains("model.safetensors")), "{requests:?}");
+
+        let expected: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(std::path::Path::new(FIXTURES).join("expected-rerank.json")).unwrap(),
+        )
+        .unwrap();
+        let pair = &expected["pairs"][0];
+        let score: f32 = c
+            .query_one(
+                "SELECT koe5_rerank_score($1, $2)",
+                &[&pair["query"].as_str().unwrap(), &pair["passage"].as_str().unwrap()],
+            )
+            .unwrap()
+            .get(0);
+        let want = pair["score"].as_f64().unwrap() as f32;
+        assert!((score - want).abs() < 2.5e-5, "{score} vs {want}");
+        let info: serde_json::Value =
+            c.query_one("SELECT koe5_reranker_info()::text", &[]).unwrap().get::<_, String>(0).parse().unwrap();
         assert_eq!(info["directory"], dir);
         let _ = std::fs::remove_dir_all(&cache);
     }

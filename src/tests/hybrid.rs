@@ -595,4 +595,106 @@ mod client {
             .get(0);
         assert_eq!(n, 3);
     }
+
+    /// koe5_hybrid_rerank: the best `candidates` rows of koe5_hybrid_search, in its
+    /// order, scored by koe5_rerank over their passages; the best k by that score (ties
+    /// and NULL passages in hybrid order), each with its ranks; passage_column; errors.
+    #[test]
+    fn hybrid_rerank_is_hybrid_search_then_the_cross_encoder() {
+        let mut c = database("koe5_hybrid_rerank");
+        let corpus = corpus();
+        load(&mut c, "docs", VECTOR, &corpus[..80]);
+        c.batch_execute(&format!(
+            "SET koe5.reranker_path = '{}/tiny-xlmr-rerank';
+             ALTER TABLE docs ADD COLUMN summary text;
+             UPDATE docs SET summary = CASE WHEN id % 7 = 3 THEN NULL ELSE 'Summary ' || id || ': ' || left(body, 40) END;",
+            crate::tests::harness::FIXTURES
+        ))
+        .unwrap();
+        type Row = (i32, Option<f32>, i32, Option<i32>, Option<i32>);
+        for (q, k, candidates, column) in [
+            ("대통령의 임기와 선거", 5, 20, "body"),
+            ("국회의원은 법률안을 제출할 수 있다", 3, 50, "summary"),
+            ("The court reviews the law.", 10, 12, "body"),
+        ] {
+            let fused = hybrid(&mut c, "docs", Search { k: candidates, candidates, ..Search::new(q) });
+            let passages: Vec<Option<String>> = fused
+                .iter()
+                .map(|h| c.query_one(&format!("SELECT {column} FROM docs WHERE id = $1"), &[&h.0]).unwrap().get(0))
+                .collect();
+            let scores: Vec<Option<f32>> = c
+                .query("SELECT s FROM koe5_rerank($1, $2) WITH ORDINALITY AS r(s, n) ORDER BY n", &[&q, &passages])
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            // Each score is also the pair's score alone (batches change nothing).
+            for (p, s) in passages.iter().zip(&scores) {
+                if let (Some(p), Some(s)) = (p, s) {
+                    let alone: f32 = c.query_one("SELECT koe5_rerank_score($1, $2)", &[&q, p]).unwrap().get(0);
+                    assert!((alone - s).abs() <= 1e-6, "{q}: {alone} against {s}");
+                }
+            }
+            let mut want: Vec<Row> =
+                fused.iter().zip(&scores).enumerate().map(|(i, (h, s))| (h.0, *s, i as i32 + 1, h.2, h.3)).collect();
+            want.sort_by(|a, b| match (a.1, b.1) {
+                (Some(x), Some(y)) => y.total_cmp(&x).then(a.2.cmp(&b.2)),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => a.2.cmp(&b.2),
+            });
+            want.truncate(k as usize);
+            let got: Vec<Row> = c
+                .query(
+                    "SELECT (r.doc).id, r.score, r.hybrid_rank, r.dense_rank, r.lexical_rank
+                     FROM koe5_hybrid_rerank(NULL::docs, $1, 'emb', 'body', k => $2, candidates => $3,
+                                             passage_column => $4, config => 'hybrid_ko') AS r",
+                    &[&q, &k, &candidates, &column],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                .collect();
+            assert_eq!(got, want, "{q}");
+            assert_eq!(got.len(), k as usize);
+            if column == "summary" {
+                assert!(scores.iter().any(Option::is_none), "{q}: a NULL summary among the candidates");
+            }
+        }
+        // Defaults: 5 rows; a NULL query: none.
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM koe5_hybrid_rerank(NULL::docs, '헌법 개정', 'emb', 'body', config => 'hybrid_ko')", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 5);
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM koe5_hybrid_rerank(NULL::docs, NULL, 'emb', 'body')", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0);
+
+        c.batch_execute(
+            "ALTER TABLE docs ADD COLUMN tsv tsvector GENERATED ALWAYS AS (to_tsvector('hybrid_ko', body)) STORED",
+        )
+        .unwrap();
+        let call = |args: &str| format!("SELECT * FROM koe5_hybrid_rerank({args})");
+        let cases = [
+            ("NULL::int, 'q', 'emb', 'body'", "42809: type integer is not the row type of a table"),
+            ("NULL::docs, 'q', 'emb', 'body', k => 0", "22023: k must be at least 1"),
+            ("NULL::docs, 'q', 'emb', 'body', candidates => 0", "22023: candidates must be at least 1"),
+            ("NULL::docs, 'q', NULL, 'body'", "22004: vector and text columns must not be null"),
+            ("NULL::docs, 'q', 'emb', 'tsv'", "42804: column \"tsv\" of relation \"docs\" is of type tsvector"),
+            (
+                "NULL::docs, 'q', 'emb', 'body', passage_column => 'nope'",
+                "42703: column \"nope\" of relation \"docs\" does not exist",
+            ),
+            ("NULL::docs, 'q', 'emb', 'tsv', passage_column => 'body', config => 'hybrid_ko'", "ok"),
+        ];
+        for (args, want) in cases {
+            assert_eq!(sqlstate_of(c.query(&call(args), &[])), want, "{args}");
+        }
+        c.batch_execute("SET koe5.reranker_path = '/nonexistent/koe5-reranker'").unwrap();
+        let got = sqlstate_of(c.query(&call("NULL::docs, 'q', 'emb', 'body', config => 'hybrid_ko'"), &[]));
+        assert!(got.starts_with("58P01: "), "{got}");
+    }
 }

@@ -19,6 +19,7 @@ mod tests {
             assert!(got.starts_with("42501: permission denied to set parameter"), "{sql}: {got}");
         }
         assert_eq!(outcome("SELECT koe5_download()"), "42501: permission denied for function koe5_download");
+        assert_eq!(outcome("SELECT koe5_download('reranker')"), "42501: permission denied for function koe5_download");
         Spi::run("RESET ROLE").unwrap();
     }
 }

@@ -414,26 +414,45 @@ mod client {
         let version: i32 =
             admin.query_one("SELECT current_setting('server_version_num')::int / 10000", &[]).unwrap().get(0);
         let data = format!("/tmp/koe5-preload-{version}");
-        // A private copy of the fixture, so touching its files disturbs no other test.
+        // Private copies of the fixtures, so touching their files disturbs no other test.
         let model = format!("/tmp/koe5-preload-model-{version}");
-        let _ = std::fs::remove_dir_all(&model);
-        std::fs::create_dir_all(&model).unwrap();
-        for entry in std::fs::read_dir(format!("{FIXTURES}/tiny-xlmr")).unwrap().flatten() {
-            let to = format!("{model}/{}", entry.file_name().to_string_lossy());
-            if entry.file_type().unwrap().is_dir() {
-                std::fs::create_dir_all(&to).unwrap();
-                for f in std::fs::read_dir(entry.path()).unwrap().flatten() {
-                    std::fs::copy(f.path(), format!("{to}/{}", f.file_name().to_string_lossy())).unwrap();
+        let rerank_model = format!("/tmp/koe5-preload-reranker-{version}");
+        for (from, to) in [("tiny-xlmr", &model), ("tiny-xlmr-rerank", &rerank_model)] {
+            let _ = std::fs::remove_dir_all(to);
+            std::fs::create_dir_all(to).unwrap();
+            for entry in std::fs::read_dir(format!("{FIXTURES}/{from}")).unwrap().flatten() {
+                let dest = format!("{to}/{}", entry.file_name().to_string_lossy());
+                if entry.path().is_dir() {
+                    std::fs::create_dir_all(&dest).unwrap();
+                    for f in std::fs::read_dir(entry.path()).unwrap().flatten() {
+                        std::fs::copy(f.path(), format!("{dest}/{}", f.file_name().to_string_lossy())).unwrap();
+                    }
+                } else {
+                    // Follows the reranker fixture's tokenizer symlink.
+                    std::fs::copy(entry.path(), &dest).unwrap();
                 }
-            } else {
-                std::fs::copy(entry.path(), &to).unwrap();
             }
+            let _ = std::process::Command::new("chmod").args(["-R", "a+rX", to]).status();
         }
-        let _ = std::process::Command::new("chmod").args(["-R", "a+rX", &model]).status();
+        let rerank: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/expected-rerank.json")).unwrap())
+                .unwrap();
+        let pair = rerank["pairs"][0].clone();
+        let (pair_query, pair_passage) =
+            (pair["query"].as_str().unwrap().to_owned(), pair["passage"].as_str().unwrap().to_owned());
+        let pair_score = pair["score"].as_f64().unwrap() as f32;
+        let check_rerank = |c: &mut postgres::Client, preloaded: bool, label: &str| {
+            let score: f32 =
+                c.query_one("SELECT koe5_rerank_score($1, $2)", &[&pair_query, &pair_passage]).unwrap().get(0);
+            assert!((score - pair_score).abs() < 2.5e-5, "{label}: {score} vs {pair_score}");
+            let info: String = c.query_one("SELECT koe5_reranker_info()->>'preloaded'", &[]).unwrap().get(0);
+            assert_eq!(info, preloaded.to_string(), "{label}");
+        };
         let conf = |preload: bool| {
             vec![
                 "shared_preload_libraries = 'koe5'".to_string(),
                 format!("koe5.model_path = '{model}'"),
+                format!("koe5.reranker_path = '{rerank_model}'"),
                 "koe5.precision = 'f32'".to_string(),
                 format!("koe5.preload = {}", if preload { "on" } else { "off" }),
             ]
@@ -456,6 +475,7 @@ mod client {
                 assert_close("preloaded", &row.get::<_, Vec<f32>>(0), &want);
                 let info: String = c.query_one("SELECT koe5_model_info()->>'preloaded'", &[]).unwrap().get(0);
                 assert_eq!(info, preload.to_string());
+                check_rerank(&mut c, preload, "the reranker, preload on/off");
                 sessions.push(c);
                 if i == 0 {
                     one = server.total_pss_kb();
@@ -486,9 +506,12 @@ mod client {
 
         // Files that changed after the server loaded them: a new session loads its own.
         server.restart(&conf(true));
-        let weights = std::fs::File::options().write(true).open(format!("{model}/model.safetensors")).unwrap();
-        weights.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+        for dir in [&model, &rerank_model] {
+            let weights = std::fs::File::options().write(true).open(format!("{dir}/model.safetensors")).unwrap();
+            weights.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+        }
         let mut c = server.connect();
+        check_rerank(&mut c, false, "the reranker after its files changed");
         let row = c.query_one("SELECT koe5_query($1)", &[&text]).unwrap();
         assert_close("reloaded", &row.get::<_, Vec<f32>>(0), &want);
         let info: String = c.query_one("SELECT koe5_model_info()->>'preloaded'", &[]).unwrap().get(0);
@@ -507,5 +530,6 @@ mod client {
         drop(c);
         drop(server);
         let _ = std::fs::remove_dir_all(&model);
+        let _ = std::fs::remove_dir_all(&rerank_model);
     }
 }

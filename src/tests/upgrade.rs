@@ -85,7 +85,7 @@ mod client {
         assert!(installed.len() > 40, "{installed:?}");
         assert!(installed.iter().any(|o| o.starts_with("acl of koe5_queue.attempts: ")), "{installed:?}");
         let mut admin = connect(None);
-        for from in ["0.1.0", "0.2.0", "0.3.0", "0.4.0"] {
+        for from in ["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0"] {
             let name = format!("koe5_upgraded_{}", from.replace('.', "_"));
             admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
             admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
@@ -111,7 +111,7 @@ mod client {
             old.batch_execute("ALTER EXTENSION koe5 UPDATE").unwrap();
             let version: String =
                 old.query_one("SELECT extversion FROM pg_extension WHERE extname = 'koe5'", &[]).unwrap().get(0);
-            assert_eq!(version, "0.5.0");
+            assert_eq!(version, "0.6.0");
             let after: Vec<Vec<f32>> =
                 old.query("SELECT emb FROM docs ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
             assert_eq!(after, before, "stored embeddings survive the upgrade from {from}");
@@ -131,7 +131,7 @@ mod client {
             let only_fresh: Vec<_> = installed.iter().filter(|o| !upgraded.contains(o)).collect();
             assert!(
                 upgraded == installed,
-                "an upgraded {from} must equal a fresh 0.4.0; only upgraded: {only_upgraded:#?}, only fresh: {only_fresh:#?}"
+                "an upgraded {from} must equal a fresh install; only upgraded: {only_upgraded:#?}, only fresh: {only_fresh:#?}"
             );
         }
     }

@@ -17,6 +17,11 @@ pub const MODEL_FILES: [&str; 8] = [
     "1_Pooling/config.json",
 ];
 
+/// Files a cross-encoder needs (`XLMRobertaForSequenceClassification` as
+/// sentence-transformers' CrossEncoder saves it: its activation is in config.json).
+pub const RERANKER_FILES: [&str; 5] =
+    ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
+
 /// The hub cache directory, in huggingface_hub's order: `HF_HUB_CACHE`,
 /// `HUGGINGFACE_HUB_CACHE`, `$HF_HOME/hub`, `$XDG_CACHE_HOME/huggingface/hub`,
 /// `~/.cache/huggingface/hub`.
@@ -34,6 +39,51 @@ pub fn cache_dir() -> PathBuf {
     var("HOME").unwrap_or_else(|| PathBuf::from("/")).join(".cache").join("huggingface").join("hub")
 }
 
+/// What is looked up or downloaded: the embedding model or the cross-encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Embedder,
+    Reranker,
+}
+
+impl Kind {
+    /// The files downloaded for it.
+    pub fn files(self) -> &'static [&'static str] {
+        match self {
+            Kind::Embedder => &MODEL_FILES,
+            Kind::Reranker => &RERANKER_FILES,
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Embedder => "model",
+            Kind::Reranker => "reranker",
+        }
+    }
+
+    fn path_setting(self) -> &'static str {
+        match self {
+            Kind::Embedder => "koe5.model_path",
+            Kind::Reranker => "koe5.reranker_path",
+        }
+    }
+
+    fn layout(self) -> &'static str {
+        match self {
+            Kind::Embedder => "sentence-transformers model",
+            Kind::Reranker => "cross-encoder",
+        }
+    }
+
+    fn download_call(self) -> &'static str {
+        match self {
+            Kind::Embedder => "koe5_download()",
+            Kind::Reranker => "koe5_download('reranker')",
+        }
+    }
+}
+
 /// Checks a model id of the form `owner/name`.
 pub fn check_model_id(model_id: &str) -> Result<(&str, &str)> {
     let ok_part = |p: &str| {
@@ -48,18 +98,22 @@ pub fn check_model_id(model_id: &str) -> Result<(&str, &str)> {
 
 /// The snapshot directory of `model_id` in `cache`, following `refs/main` as
 /// huggingface_hub does.
-pub fn find_cached(cache: &Path, model_id: &str) -> Result<PathBuf> {
+pub fn find_cached(cache: &Path, model_id: &str, kind: Kind) -> Result<PathBuf> {
     let (owner, name) = check_model_id(model_id)?;
     let repo = cache.join(format!("models--{owner}--{name}"));
     let not_found = || {
-        Error::new(ErrorKind::NoModel, format!("model \"{model_id}\" was not found"))
+        Error::new(ErrorKind::NoModel, format!("{} \"{model_id}\" was not found", kind.noun()))
             .with_detail(format!(
-                "\"koe5.model_path\" is empty, and the Hugging Face cache has no snapshot at \"{}\".",
+                "\"{}\" is empty, and the Hugging Face cache has no snapshot at \"{}\".",
+                kind.path_setting(),
                 repo.display()
             ))
-            .with_hint(
-                "Set \"koe5.model_path\" to a sentence-transformers model directory, or run SELECT koe5_download() (superusers, or roles granted EXECUTE on it) where the network allows.",
-            )
+            .with_hint(format!(
+                "Set \"{}\" to a {} directory, or run SELECT {} (superusers, or roles granted EXECUTE on it) where the network allows.",
+                kind.path_setting(),
+                kind.layout(),
+                kind.download_call()
+            ))
     };
     let commit = std::fs::read_to_string(repo.join("refs").join("main")).map_err(|_| not_found())?;
     let commit = commit.trim();
@@ -74,18 +128,18 @@ pub fn find_cached(cache: &Path, model_id: &str) -> Result<PathBuf> {
     }
 }
 
-/// Downloads the files of `model_id` into `cache` and returns the snapshot directory.
-/// Blocks; the caller decides on which thread.
-pub fn download(cache: &Path, model_id: &str) -> Result<PathBuf> {
+/// Downloads the files of `kind` (those of them the repository `model_id` has) into `cache` and
+/// returns the snapshot directory. Blocks; the caller decides on which thread.
+pub fn download(cache: &Path, model_id: &str, kind: Kind) -> Result<PathBuf> {
     let (owner, name) = check_model_id(model_id)?;
     let fail = |e: &dyn std::fmt::Display| {
-        Error::new(ErrorKind::Download, format!("could not download model \"{model_id}\": {e}"))
+        Error::new(ErrorKind::Download, format!("could not download {} \"{model_id}\": {e}", kind.noun()))
     };
     let client = hf_hub::HFClient::builder().cache_dir(cache).build_sync().map_err(|e| fail(&e))?;
     client
         .model(owner, name)
         .snapshot_download()
-        .allow_patterns(MODEL_FILES.iter().map(|s| s.to_string()).collect())
+        .allow_patterns(kind.files().iter().map(|s| s.to_string()).collect())
         .send()
         .map_err(|e| fail(&e))
 }
@@ -107,13 +161,16 @@ mod tests {
         let tmp = std::env::temp_dir().join(format!("koe5-hub-test-{}", std::process::id()));
         let snap = tmp.join("models--org--m/snapshots/abc123");
         std::fs::create_dir_all(&snap).unwrap();
-        let e = find_cached(&tmp, "org/m").unwrap_err();
+        let e = find_cached(&tmp, "org/m", Kind::Embedder).unwrap_err();
         assert_eq!(e.kind, ErrorKind::NoModel);
         assert!(e.detail.unwrap().contains("models--org--m"));
+        let e = find_cached(&tmp, "org/m", Kind::Reranker).unwrap_err();
+        assert_eq!(e.message, "reranker \"org/m\" was not found");
+        assert!(e.hint.unwrap().contains("koe5_download('reranker')"));
         std::fs::create_dir_all(tmp.join("models--org--m/refs")).unwrap();
         std::fs::write(tmp.join("models--org--m/refs/main"), "abc123\n").unwrap();
         std::fs::write(snap.join("config.json"), "{}").unwrap();
-        assert_eq!(find_cached(&tmp, "org/m").unwrap(), snap);
+        assert_eq!(find_cached(&tmp, "org/m", Kind::Embedder).unwrap(), snap);
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }
