@@ -9,11 +9,15 @@ mod tests {
     use crate::tests::harness::*;
 
     /// Every thread of the backend but its own (koe5's pool, candle's element-wise pool,
-    /// anything a library started) blocks PostgreSQL's signals.
+    /// anything a library started) blocks PostgreSQL's signals, after embedding and
+    /// reranking.
     #[pg_test]
     fn compute_threads_block_every_signal() {
         use_fixture("tiny-xlmr");
         Spi::run("SELECT koe5_passage('스레드')").unwrap();
+        // The cross-encoder runs on the same threads (it starts none of its own).
+        Spi::run(&format!("SET koe5.reranker_path = '{FIXTURES}/tiny-xlmr-rerank'")).unwrap();
+        Spi::run("SELECT koe5_rerank_score('스레드', '신호')").unwrap();
         let main = std::process::id().to_string();
         let mut names = Vec::new();
         for thread in threads("self") {
