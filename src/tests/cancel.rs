@@ -50,15 +50,14 @@ mod client {
     const LONG_BATCH: &str = "SELECT count(*) FROM koe5_passage(array(
         SELECT repeat('대한민국 헌법 제' || g || '조 ', 40) FROM generate_series(1, 100000) g))";
 
-    #[test]
-    fn cancel_and_statement_timeout_stop_a_long_batch() {
-        let mut a = connect(None);
-        a.batch_execute(&format!("SET koe5.model_path = '{FIXTURES}/tiny-xlmr'")).unwrap();
-        a.query_one("SELECT koe5_query('warm up')", &[]).unwrap();
+    /// Runs `long` (minutes of work) in session `a`, cancels it from another session
+    /// after 1.5 s, then runs it again under a 1 s statement_timeout: each stops with its
+    /// own 57014 within a second (of the cancel, of the timeout). Returns the session,
+    /// its statement_timeout reset, for the caller to check that it still works.
+    fn assert_cancel_and_timeout_stop(mut a: postgres::Client, long: &'static str, what: &str) -> postgres::Client {
         let pid: i32 = a.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-
         let worker = std::thread::spawn(move || {
-            let r = a.query_one(LONG_BATCH, &[]);
+            let r = a.query_one(long, &[]);
             (sqlstate_of(r), Instant::now(), a)
         });
         std::thread::sleep(Duration::from_millis(1500));
@@ -68,19 +67,28 @@ mod client {
         assert!(ok);
         let (outcome, ended, mut a) = worker.join().unwrap();
         let latency = ended.saturating_duration_since(sent);
-        assert_eq!(outcome, "57014: canceling statement due to user request");
-        assert!(latency < Duration::from_secs(1), "cancel took {latency:?}");
-        figure(format!("cancel latency: {latency:?}"));
+        assert_eq!(outcome, "57014: canceling statement due to user request", "{what}");
+        assert!(latency < Duration::from_secs(1), "{what}: cancel took {latency:?}");
+        figure(format!("{what}: cancel latency: {latency:?}"));
 
         a.batch_execute("SET statement_timeout = '1s'").unwrap();
         let start = Instant::now();
-        let outcome = sqlstate_of(a.query_one(LONG_BATCH, &[]));
+        let outcome = sqlstate_of(a.query_one(long, &[]));
         let took = start.elapsed();
-        assert_eq!(outcome, "57014: canceling statement due to statement timeout");
-        assert!(took < Duration::from_secs(2), "statement_timeout of 1s stopped after {took:?}");
-        figure(format!("statement_timeout 1s stopped after {took:?}"));
-        // The backend is still usable.
+        assert_eq!(outcome, "57014: canceling statement due to statement timeout", "{what}");
+        assert!(took < Duration::from_secs(2), "{what}: statement_timeout of 1s stopped after {took:?}");
+        figure(format!("{what}: statement_timeout 1s stopped after {took:?}"));
         a.batch_execute("SET statement_timeout = 0").unwrap();
+        a
+    }
+
+    #[test]
+    fn cancel_and_statement_timeout_stop_a_long_batch() {
+        let mut a = connect(None);
+        a.batch_execute(&format!("SET koe5.model_path = '{FIXTURES}/tiny-xlmr'")).unwrap();
+        a.query_one("SELECT koe5_query('warm up')", &[]).unwrap();
+        let mut a = assert_cancel_and_timeout_stop(a, LONG_BATCH, "embedding");
+        // The backend is still usable.
         let n: i32 = a.query_one("SELECT array_length(koe5_query('그래도 된다'), 1)", &[]).unwrap().get(0);
         assert_eq!(n, 32);
     }
@@ -94,30 +102,7 @@ mod client {
         let mut a = connect(None);
         a.batch_execute(&format!("SET koe5.reranker_path = '{FIXTURES}/tiny-xlmr-rerank'")).unwrap();
         a.query_one("SELECT koe5_rerank_score('warm', 'up')", &[]).unwrap();
-        let pid: i32 = a.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-
-        let worker = std::thread::spawn(move || {
-            let r = a.query_one(LONG_RERANK, &[]);
-            (sqlstate_of(r), Instant::now(), a)
-        });
-        std::thread::sleep(Duration::from_millis(1500));
-        let mut b = connect(None);
-        let sent = Instant::now();
-        let ok: bool = b.query_one("SELECT pg_cancel_backend($1)", &[&pid]).unwrap().get(0);
-        assert!(ok);
-        let (outcome, ended, mut a) = worker.join().unwrap();
-        let latency = ended.saturating_duration_since(sent);
-        assert_eq!(outcome, "57014: canceling statement due to user request");
-        assert!(latency < Duration::from_secs(1), "cancel took {latency:?}");
-        figure(format!("rerank cancel latency: {latency:?}"));
-
-        a.batch_execute("SET statement_timeout = '1s'").unwrap();
-        let start = Instant::now();
-        let outcome = sqlstate_of(a.query_one(LONG_RERANK, &[]));
-        let took = start.elapsed();
-        assert_eq!(outcome, "57014: canceling statement due to statement timeout");
-        assert!(took < Duration::from_secs(2), "statement_timeout of 1s stopped after {took:?}");
-        a.batch_execute("SET statement_timeout = 0").unwrap();
+        let mut a = assert_cancel_and_timeout_stop(a, LONG_RERANK, "reranking");
         let n: i64 =
             a.query_one("SELECT count(*) FROM koe5_rerank('질문', ARRAY['하나', '둘', NULL])", &[]).unwrap().get(0);
         assert_eq!(n, 3);
