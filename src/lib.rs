@@ -54,7 +54,8 @@ extension_sql_file!("../sql/surface/backfill.sql", name = "backfill", requires =
 extension_sql_file!("../sql/surface/reranking.sql", name = "reranking", requires = ["backfill"]);
 extension_sql_file!("../sql/surface/textsearch.sql", name = "textsearch", requires = ["reranking"]);
 extension_sql_file!("../sql/surface/hybrid.sql", name = "hybrid", requires = ["textsearch"]);
-extension_sql_file!("../sql/surface/queue.sql", name = "queue", requires = ["hybrid"], finalize);
+extension_sql_file!("../sql/surface/citus.sql", name = "citus", requires = ["hybrid"]);
+extension_sql_file!("../sql/surface/queue.sql", name = "queue", requires = ["citus"], finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

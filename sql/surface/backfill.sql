@@ -109,6 +109,7 @@ DECLARE
     max_streak CONSTANT integer := 32;
     -- (qualified: DECLARE runs before search_path is pinned)
     stopped_hint CONSTANT text := pg_catalog.format('koe5_backfill stopped after %s rows in a row failed; the rows embedded before are kept.', max_streak);
+    citus text;
     started timestamptz := pg_catalog.clock_timestamp();
     last_notice timestamptz := started;
     r record;
@@ -125,11 +126,29 @@ BEGIN
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- Citus: a distributed table is embedded shard by shard on its workers, which use
+    -- their own settings: they must embed as this session would.
+    citus := @extschema@.koe5__citus_table_type(tbl);
+    IF citus IN ('reference', 'local') THEN
+        RAISE EXCEPTION 'koe5_backfill() does not support Citus % tables', citus
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Their rows cannot be locked and updated by row address from here.',
+                  HINT = pg_catalog.format('Embed them with UPDATE %s SET %I = koe5_%s(%I) WHERE %I IS NULL, in batches, or with a generated column.',
+                                           tbl, target, kind, source, target);
+    END IF;
+    IF citus = 'distributed' THEN
+        PERFORM @extschema@.koe5__check_cluster_models(tbl);
+    END IF;
     EXECUTE format('SELECT count(*) FROM %s AS t WHERE t.%I IS NULL AND t.%I IS NOT NULL', tbl, target, source)
         INTO total;
     INSERT INTO @extschema@.koe5_backfill_runs (relid, source, target, kind, rows_total)
         VALUES (tbl, source, target, kind, total) RETURNING run_id INTO run;
     RAISE NOTICE 'koe5_backfill: run %, % rows of "%" to embed', run, total, @extschema@.koe5__relname(tbl);
+    IF citus = 'distributed' THEN
+        COMMIT;
+        CALL @extschema@.koe5__backfill_shards(run, tbl, source, target, kind, batch_size);
+        RETURN;
+    END IF;
     -- Row addresses (ctid) are per physical table: a partitioned table or one with
     -- inheritance children is embedded one physical table at a time.
     WITH RECURSIVE tree(relid) AS (

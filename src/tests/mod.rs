@@ -24,6 +24,8 @@
 //! - `textsearch`: the Korean text search configuration `koe5` (parser, dictionaries).
 //! - `hybrid`: koe5_hybrid_search against a brute-force fusion, its plans (HNSW and
 //!   GIN), quoted names, a hostile search_path, row-level security, its errors.
+//! - `citus`: Citus tables told apart and refused where unsupported (a stand-in catalog;
+//!   stress/citus.sh runs a real cluster).
 //! - `upgrade`: upgrades from released versions equal a fresh install.
 //! - `reliability`: load, replaced model files, random text, huge inputs, koe5.preload.
 
@@ -31,6 +33,7 @@ mod harness;
 
 mod cache;
 mod cancel;
+mod citus;
 mod download;
 mod encodings;
 mod functions;

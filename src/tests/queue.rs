@@ -105,6 +105,9 @@ mod client {
         wait_for("the terminated backend to go", Duration::from_secs(10), || {
             db.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid]).unwrap().get::<_, i64>(0) == 0
         });
+        // (An exiting backend leaves pg_stat_activity before it releases its locks: the
+        // run's advisory lock, which makes it 'running', can outlive the row by a moment.)
+        wait_for("the run to show as stopped", Duration::from_secs(10), || progress(&mut db).0 == "stopped");
         // Every committed batch is there, and exactly those: progress and rows commit together.
         let (state, done, _) = progress(&mut db);
         let embedded: i64 = db.query_one("SELECT count(emb) FROM docs", &[]).unwrap().get(0);
