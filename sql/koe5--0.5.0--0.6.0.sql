@@ -142,6 +142,25 @@ BEGIN
 END
 $$;
 
+-- Whether some shard of `tbl` has more than one placement (statement-based
+-- replication, citus.shard_replication_factor > 1): a backfill on one placement would
+-- leave the others without their embeddings.
+CREATE FUNCTION koe5__citus_replicated(tbl regclass) RETURNS boolean
+    STABLE PARALLEL SAFE
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    replicated boolean;
+BEGIN
+    EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_shard ds
+                            JOIN pg_catalog.pg_dist_shard_placement pl ON pl.shardid = ds.shardid
+                            WHERE ds.logicalrelid = $1 GROUP BY ds.shardid HAVING count(*) > 1)'
+        INTO replicated USING tbl;
+    RETURN replicated;
+END
+$$;
+
 -- What decides the vectors a node computes, out of koe5_model_info(): the weights'
 -- SHA-256, the precision, the dimension, pooling, normalisation and the token limit
 -- (two models may share weights and differ in pooling). NULLs where unknown.
@@ -215,17 +234,30 @@ DECLARE
     fatal_state text;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    FOR s IN SELECT ds.shardid, pg_catalog.shard_name(ds.logicalrelid, ds.shardid) AS shard, p.nodename, p.nodeport
+    -- (shard_name() leaves tables in public unqualified: qualified here, so that the
+    -- worker's search_path does not decide)
+    FOR s IN SELECT ds.shardid,
+                    CASE WHEN n.nspname = 'public' THEN 'public.' ELSE '' END
+                        || pg_catalog.shard_name(ds.logicalrelid, ds.shardid) AS shard,
+                    p.nodename, p.nodeport
              FROM pg_catalog.pg_dist_shard ds
-             CROSS JOIN LATERAL (SELECT pl.nodename, pl.nodeport FROM pg_catalog.pg_dist_shard_placement pl
-                                 WHERE pl.shardid = ds.shardid AND pl.shardstate = 1
-                                 ORDER BY pl.placementid LIMIT 1) AS p
+             JOIN pg_catalog.pg_class c ON c.oid = ds.logicalrelid
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             LEFT JOIN LATERAL (SELECT pl.nodename, pl.nodeport FROM pg_catalog.pg_dist_shard_placement pl
+                                WHERE pl.shardid = ds.shardid AND pl.shardstate = 1
+                                ORDER BY pl.placementid LIMIT 1) AS p ON true
              WHERE ds.logicalrelid = tbl
              ORDER BY ds.shardid
     LOOP
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         fatal := NULL;
         shards := shards + 1;
+        IF s.nodename IS NULL THEN
+            shards_failed := shards_failed + 1;
+            first_error := coalesce(first_error, format('shard %s has no active placement', s.shardid));
+            RAISE WARNING 'koe5_backfill: shard % of "%" has no active placement', s.shardid, @extschema@.koe5__relname(tbl);
+            CONTINUE;
+        END IF;
         BEGIN
             PERFORM pg_try_advisory_xact_lock(@extschema@.koe5__backfill_lock_key(), run::integer);
             count_sql := format('SELECT count(*) FROM %s AS t WHERE t.%I IS NULL AND t.%I IS NOT NULL',
@@ -288,7 +320,8 @@ COMMENT ON PROCEDURE koe5__backfill_shards(bigint, regclass, text, text, text, i
 -- and koe5_reranker_info() as a new session of that node sees them (its postgresql.conf
 -- and ALTER DATABASE settings, not this session's SET), and whether they equal this
 -- node's (koe5__model_identity: weights SHA-256, precision, dimension, pooling,
--- normalisation, token limit; for the cross-encoder, SHA-256 and precision).
+-- normalisation, token limit; for the cross-encoder, SHA-256 and precision); NULL where
+-- either side has none or did not answer.
 CREATE FUNCTION koe5_cluster_models()
     RETURNS TABLE (nodeid integer, nodename text, nodeport integer, reached boolean,
                    model jsonb, reranker jsonb, same_model boolean, same_reranker boolean)
@@ -304,6 +337,8 @@ BEGIN
     -- new session as the others are: settings are compared with settings.
     EXECUTE 'SELECT coalesce((SELECT d.nodeid FROM pg_catalog.pg_dist_node d
                               WHERE d.groupid = (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g)
+                                AND d.noderole = ''primary'' AND d.isactive
+                                AND d.nodecluster = pg_catalog.current_setting(''citus.cluster_name'')
                               ORDER BY d.nodeid LIMIT 1), 0)'
         INTO me;
     RETURN QUERY EXECUTE format(
@@ -319,9 +354,14 @@ SELECT n.nodeid,
        n.success,
        CASE WHEN n.success THEN n.info->'model' ELSE pg_catalog.jsonb_build_object('error', n.result) END,
        n.info->'reranker',
-       %2$s.koe5__model_identity(n.info->'model') IS NOT DISTINCT FROM %2$s.koe5__model_identity(m.info->'model'),
-       (n.info->'reranker'->>'sha256', n.info->'reranker'->>'precision')
-           IS NOT DISTINCT FROM (m.info->'reranker'->>'sha256', m.info->'reranker'->>'precision')
+       -- NULL where either side is unknown (no answer, or no model there)
+       CASE WHEN n.info->'model' ? 'sha256' AND m.info->'model' ? 'sha256' THEN
+           %2$s.koe5__model_identity(n.info->'model') IS NOT DISTINCT FROM %2$s.koe5__model_identity(m.info->'model')
+       END,
+       CASE WHEN n.info->'reranker' ? 'sha256' AND m.info->'reranker' ? 'sha256' THEN
+           (n.info->'reranker'->>'sha256', n.info->'reranker'->>'precision')
+               IS NOT DISTINCT FROM (m.info->'reranker'->>'sha256', m.info->'reranker'->>'precision')
+       END
 FROM nodes AS n
 LEFT JOIN pg_catalog.pg_dist_node AS d ON d.nodeid = n.nodeid
 LEFT JOIN mine AS m ON true
@@ -392,10 +432,19 @@ BEGIN
         RAISE EXCEPTION 'koe5_backfill() does not support Citus % tables', citus
             USING ERRCODE = 'feature_not_supported',
                   DETAIL = 'Their rows cannot be locked and updated by row address from here.',
-                  HINT = pg_catalog.format('Embed them with UPDATE %s SET %I = koe5_%s(%I) WHERE %I IS NULL, in batches, or with a generated column.',
-                                           tbl, target, kind, source, target);
+                  HINT = pg_catalog.format('Embed them with UPDATE %s SET %I = koe5_%s(%I) WHERE %I IS NULL, in batches, or with a generated column.%s',
+                                           tbl, target, kind, source, target,
+                                           CASE WHEN citus = 'reference' THEN ' Each node computes its own copy: compare their models with koe5_cluster_models().' ELSE '' END);
     END IF;
     IF citus = 'distributed' THEN
+        PERFORM @extschema@.koe5__require_citus();
+        IF @extschema@.koe5__citus_replicated(tbl) THEN
+            RAISE EXCEPTION 'koe5_backfill() does not support distributed tables whose shards have more than one placement'
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = 'A shard would be embedded on one placement and not the others.',
+                      HINT = pg_catalog.format('Embed them with UPDATE %s SET %I = koe5_%s(%I) WHERE %I IS NULL, in batches, which Citus applies to every placement.',
+                                               tbl, target, kind, source, target);
+        END IF;
         PERFORM @extschema@.koe5__check_cluster_models(tbl);
     END IF;
     EXECUTE format('SELECT count(*) FROM %s AS t WHERE t.%I IS NULL AND t.%I IS NOT NULL', tbl, target, source)
@@ -581,15 +630,15 @@ BEGIN
     END IF;
     PERFORM @extschema@.koe5__check_kind(kind);
     PERFORM @extschema@.koe5__check_columns(tbl, source, target);
-    IF relkind = 'p' THEN
-        RAISE EXCEPTION 'koe5_enqueue_table() does not support partitioned tables'
-            USING ERRCODE = 'feature_not_supported', HINT = 'Register each partition.';
-    END IF;
     IF @extschema@.koe5__citus_table_type(tbl) IS NOT NULL THEN
         RAISE EXCEPTION 'koe5_enqueue_table() does not support Citus tables'
             USING ERRCODE = 'feature_not_supported',
                   DETAIL = 'The queue, its trigger and the background worker live on one node; the rows of a Citus table are on the workers.',
                   HINT = 'Use a generated column (computed on the workers), and koe5_backfill() for rows already there.';
+    END IF;
+    IF relkind = 'p' THEN
+        RAISE EXCEPTION 'koe5_enqueue_table() does not support partitioned tables'
+            USING ERRCODE = 'feature_not_supported', HINT = 'Register each partition.';
     END IF;
     PERFORM @extschema@.koe5__require_owner(tbl);
     key := @extschema@.koe5__key_columns(tbl);

@@ -332,6 +332,10 @@ fn koe5_rerank(query: &[u8], passages: Array<'_, &[u8]>) -> SetOfIterator<'stati
     if unsafe { (*passages.into_array_type()).ndim } > 1 {
         data_error(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "array must be one-dimensional");
     }
+    // Nothing to score (an empty list of candidates): no rows, and no model needed.
+    if owned.is_empty() {
+        return SetOfIterator::new(Vec::new());
+    }
     let m = session::reranker().or_raise();
     let mut next = 0;
     let mut ready: VecDeque<Option<f32>> = VecDeque::new();

@@ -19,7 +19,7 @@
 # 3. koe5_cluster_models(): every node, the same model; with one worker set to another
 #    precision it says so, and koe5_backfill refuses (55000) before embedding anything.
 # 4. koe5_enqueue_table refuses a distributed table, koe5_backfill a reference table
-#    (0A000).
+#    and one whose shards have two placements (0A000).
 # 5. Similarity search over the distributed table equals the local table's.
 # 6. A shard moved to a worker whose model changed: its generated column is computed
 #    again there (Citus copies the rows without it), and koe5_cluster_models() shows
@@ -168,8 +168,12 @@ enq=$(q $C -c "\\set VERBOSITY sqlstate" -c "SELECT koe5_enqueue_table('docs', '
 ref=$(q $C -c "\\set VERBOSITY sqlstate" -c "CALL koe5_backfill('ref_docs', 'body', 'emb')" 2>&1 || true)
 echo "$enq" | grep -q 0A000 || fail "koe5_enqueue_table on a distributed table: $enq"
 echo "$ref" | grep -q 0A000 || fail "koe5_backfill on a reference table: $ref"
+q $C -c "SET citus.shard_replication_factor = 2" -c "CREATE TABLE twice (id int PRIMARY KEY, body text, emb real[])" \
+     -c "SELECT create_distributed_table('twice', 'id', shard_count => 4)" >/dev/null
+rep=$(q $C -c "\\set VERBOSITY sqlstate" -c "CALL koe5_backfill('twice', 'body', 'emb')" 2>&1 || true)
+echo "$rep" | grep -q 0A000 || fail "koe5_backfill on a table with two placements per shard: $rep"
 q $C -c "UPDATE ref_docs SET emb = koe5_passage(body) WHERE emb IS NULL" >/dev/null
-say "koe5_enqueue_table on a distributed table and koe5_backfill on a reference table: ERROR 0A000; the reference table's UPDATE ... SET emb = koe5_passage(body) works"
+say "koe5_enqueue_table on a distributed table, koe5_backfill on a reference table and on one with 2 placements per shard: ERROR 0A000; the reference table's UPDATE ... SET emb = koe5_passage(body) works"
 
 echo "==> 5. similarity search"
 query="SELECT string_agg(id::text, ',' ORDER BY s DESC, id) FROM (SELECT id, koe5_similarity(emb, koe5_query('대통령의 임기')) AS s FROM %s ORDER BY s DESC, id LIMIT 10) t"

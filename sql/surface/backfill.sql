@@ -133,10 +133,19 @@ BEGIN
         RAISE EXCEPTION 'koe5_backfill() does not support Citus % tables', citus
             USING ERRCODE = 'feature_not_supported',
                   DETAIL = 'Their rows cannot be locked and updated by row address from here.',
-                  HINT = pg_catalog.format('Embed them with UPDATE %s SET %I = koe5_%s(%I) WHERE %I IS NULL, in batches, or with a generated column.',
-                                           tbl, target, kind, source, target);
+                  HINT = pg_catalog.format('Embed them with UPDATE %s SET %I = koe5_%s(%I) WHERE %I IS NULL, in batches, or with a generated column.%s',
+                                           tbl, target, kind, source, target,
+                                           CASE WHEN citus = 'reference' THEN ' Each node computes its own copy: compare their models with koe5_cluster_models().' ELSE '' END);
     END IF;
     IF citus = 'distributed' THEN
+        PERFORM @extschema@.koe5__require_citus();
+        IF @extschema@.koe5__citus_replicated(tbl) THEN
+            RAISE EXCEPTION 'koe5_backfill() does not support distributed tables whose shards have more than one placement'
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = 'A shard would be embedded on one placement and not the others.',
+                      HINT = pg_catalog.format('Embed them with UPDATE %s SET %I = koe5_%s(%I) WHERE %I IS NULL, in batches, which Citus applies to every placement.',
+                                               tbl, target, kind, source, target);
+        END IF;
         PERFORM @extschema@.koe5__check_cluster_models(tbl);
     END IF;
     EXECUTE format('SELECT count(*) FROM %s AS t WHERE t.%I IS NULL AND t.%I IS NOT NULL', tbl, target, source)

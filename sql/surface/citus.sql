@@ -47,6 +47,25 @@ BEGIN
 END
 $$;
 
+-- Whether some shard of `tbl` has more than one placement (statement-based
+-- replication, citus.shard_replication_factor > 1): a backfill on one placement would
+-- leave the others without their embeddings.
+CREATE FUNCTION koe5__citus_replicated(tbl regclass) RETURNS boolean
+    STABLE PARALLEL SAFE
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    replicated boolean;
+BEGIN
+    EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_shard ds
+                            JOIN pg_catalog.pg_dist_shard_placement pl ON pl.shardid = ds.shardid
+                            WHERE ds.logicalrelid = $1 GROUP BY ds.shardid HAVING count(*) > 1)'
+        INTO replicated USING tbl;
+    RETURN replicated;
+END
+$$;
+
 -- What decides the vectors a node computes, out of koe5_model_info(): the weights'
 -- SHA-256, the precision, the dimension, pooling, normalisation and the token limit
 -- (two models may share weights and differ in pooling). NULLs where unknown.
@@ -120,17 +139,30 @@ DECLARE
     fatal_state text;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    FOR s IN SELECT ds.shardid, pg_catalog.shard_name(ds.logicalrelid, ds.shardid) AS shard, p.nodename, p.nodeport
+    -- (shard_name() leaves tables in public unqualified: qualified here, so that the
+    -- worker's search_path does not decide)
+    FOR s IN SELECT ds.shardid,
+                    CASE WHEN n.nspname = 'public' THEN 'public.' ELSE '' END
+                        || pg_catalog.shard_name(ds.logicalrelid, ds.shardid) AS shard,
+                    p.nodename, p.nodeport
              FROM pg_catalog.pg_dist_shard ds
-             CROSS JOIN LATERAL (SELECT pl.nodename, pl.nodeport FROM pg_catalog.pg_dist_shard_placement pl
-                                 WHERE pl.shardid = ds.shardid AND pl.shardstate = 1
-                                 ORDER BY pl.placementid LIMIT 1) AS p
+             JOIN pg_catalog.pg_class c ON c.oid = ds.logicalrelid
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             LEFT JOIN LATERAL (SELECT pl.nodename, pl.nodeport FROM pg_catalog.pg_dist_shard_placement pl
+                                WHERE pl.shardid = ds.shardid AND pl.shardstate = 1
+                                ORDER BY pl.placementid LIMIT 1) AS p ON true
              WHERE ds.logicalrelid = tbl
              ORDER BY ds.shardid
     LOOP
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         fatal := NULL;
         shards := shards + 1;
+        IF s.nodename IS NULL THEN
+            shards_failed := shards_failed + 1;
+            first_error := coalesce(first_error, format('shard %s has no active placement', s.shardid));
+            RAISE WARNING 'koe5_backfill: shard % of "%" has no active placement', s.shardid, @extschema@.koe5__relname(tbl);
+            CONTINUE;
+        END IF;
         BEGIN
             PERFORM pg_try_advisory_xact_lock(@extschema@.koe5__backfill_lock_key(), run::integer);
             count_sql := format('SELECT count(*) FROM %s AS t WHERE t.%I IS NULL AND t.%I IS NOT NULL',
@@ -193,7 +225,8 @@ COMMENT ON PROCEDURE koe5__backfill_shards(bigint, regclass, text, text, text, i
 -- and koe5_reranker_info() as a new session of that node sees them (its postgresql.conf
 -- and ALTER DATABASE settings, not this session's SET), and whether they equal this
 -- node's (koe5__model_identity: weights SHA-256, precision, dimension, pooling,
--- normalisation, token limit; for the cross-encoder, SHA-256 and precision).
+-- normalisation, token limit; for the cross-encoder, SHA-256 and precision); NULL where
+-- either side has none or did not answer.
 CREATE FUNCTION koe5_cluster_models()
     RETURNS TABLE (nodeid integer, nodename text, nodeport integer, reached boolean,
                    model jsonb, reranker jsonb, same_model boolean, same_reranker boolean)
@@ -209,6 +242,8 @@ BEGIN
     -- new session as the others are: settings are compared with settings.
     EXECUTE 'SELECT coalesce((SELECT d.nodeid FROM pg_catalog.pg_dist_node d
                               WHERE d.groupid = (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g)
+                                AND d.noderole = ''primary'' AND d.isactive
+                                AND d.nodecluster = pg_catalog.current_setting(''citus.cluster_name'')
                               ORDER BY d.nodeid LIMIT 1), 0)'
         INTO me;
     RETURN QUERY EXECUTE format(
@@ -224,9 +259,14 @@ SELECT n.nodeid,
        n.success,
        CASE WHEN n.success THEN n.info->'model' ELSE pg_catalog.jsonb_build_object('error', n.result) END,
        n.info->'reranker',
-       %2$s.koe5__model_identity(n.info->'model') IS NOT DISTINCT FROM %2$s.koe5__model_identity(m.info->'model'),
-       (n.info->'reranker'->>'sha256', n.info->'reranker'->>'precision')
-           IS NOT DISTINCT FROM (m.info->'reranker'->>'sha256', m.info->'reranker'->>'precision')
+       -- NULL where either side is unknown (no answer, or no model there)
+       CASE WHEN n.info->'model' ? 'sha256' AND m.info->'model' ? 'sha256' THEN
+           %2$s.koe5__model_identity(n.info->'model') IS NOT DISTINCT FROM %2$s.koe5__model_identity(m.info->'model')
+       END,
+       CASE WHEN n.info->'reranker' ? 'sha256' AND m.info->'reranker' ? 'sha256' THEN
+           (n.info->'reranker'->>'sha256', n.info->'reranker'->>'precision')
+               IS NOT DISTINCT FROM (m.info->'reranker'->>'sha256', m.info->'reranker'->>'precision')
+       END
 FROM nodes AS n
 LEFT JOIN pg_catalog.pg_dist_node AS d ON d.nodeid = n.nodeid
 LEFT JOIN mine AS m ON true

@@ -188,15 +188,15 @@ BEGIN
     END IF;
     PERFORM @extschema@.koe5__check_kind(kind);
     PERFORM @extschema@.koe5__check_columns(tbl, source, target);
-    IF relkind = 'p' THEN
-        RAISE EXCEPTION 'koe5_enqueue_table() does not support partitioned tables'
-            USING ERRCODE = 'feature_not_supported', HINT = 'Register each partition.';
-    END IF;
     IF @extschema@.koe5__citus_table_type(tbl) IS NOT NULL THEN
         RAISE EXCEPTION 'koe5_enqueue_table() does not support Citus tables'
             USING ERRCODE = 'feature_not_supported',
                   DETAIL = 'The queue, its trigger and the background worker live on one node; the rows of a Citus table are on the workers.',
                   HINT = 'Use a generated column (computed on the workers), and koe5_backfill() for rows already there.';
+    END IF;
+    IF relkind = 'p' THEN
+        RAISE EXCEPTION 'koe5_enqueue_table() does not support partitioned tables'
+            USING ERRCODE = 'feature_not_supported', HINT = 'Register each partition.';
     END IF;
     PERFORM @extschema@.koe5__require_owner(tbl);
     key := @extschema@.koe5__key_columns(tbl);

@@ -61,14 +61,15 @@ mod client {
                 "{t}"
             );
         }
-        for (t, what) in [("ref", "reference"), ("loc", "local")] {
+        let each_node = " Each node computes its own copy: compare their models with koe5_cluster_models().";
+        for (t, what, more) in [("ref", "reference", each_node), ("loc", "local", "")] {
             let err = c.batch_execute(&format!("CALL koe5_backfill('{t}', 'body', 'emb')")).unwrap_err();
             let db = err.as_db_error().unwrap();
             assert_eq!(db.code().code(), "0A000", "{t}");
             assert_eq!(db.message(), format!("koe5_backfill() does not support Citus {what} tables"));
             assert_eq!(
                 db.hint(),
-                Some(format!("Embed them with UPDATE public.{t} SET emb = koe5_passage(body) WHERE emb IS NULL, in batches, or with a generated column.").as_str())
+                Some(format!("Embed them with UPDATE public.{t} SET emb = koe5_passage(body) WHERE emb IS NULL, in batches, or with a generated column.{more}").as_str())
             );
         }
         // A distributed table: the workers' models are compared first, which needs Citus.

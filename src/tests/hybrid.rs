@@ -696,5 +696,17 @@ mod client {
         c.batch_execute("SET koe5.reranker_path = '/nonexistent/koe5-reranker'").unwrap();
         let got = sqlstate_of(c.query(&call("NULL::docs, 'q', 'emb', 'body', config => 'hybrid_ko'"), &[]));
         assert!(got.starts_with("58P01: "), "{got}");
+        // Nothing to rerank needs no cross-encoder: no rows, not its error.
+        let n: i64 = c.query_one("SELECT count(*) FROM koe5_rerank('q', '{}'::text[])", &[]).unwrap().get(0);
+        assert_eq!(n, 0);
+        c.batch_execute("CREATE TABLE empty_docs (LIKE docs)").unwrap();
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM koe5_hybrid_rerank(NULL::empty_docs, 'q', 'emb', 'body', config => 'hybrid_ko')",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0);
     }
 }
