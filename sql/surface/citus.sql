@@ -74,6 +74,31 @@ CREATE FUNCTION koe5__model_identity(info jsonb) RETURNS text[]
     RETURN ARRAY[info->>'sha256', info->>'precision', info->>'dimension', info->>'pooling',
                  info->>'normalize', info->>'max_tokens'];
 
+-- A model as koe5_model_info() describes it, in a message: weights, precision,
+-- dimension, pooling; or its error, or `missing` when there is no answer at all.
+CREATE FUNCTION koe5__model_summary(info jsonb, missing text) RETURNS text
+    IMMUTABLE PARALLEL SAFE LANGUAGE sql
+    SET search_path = pg_catalog, pg_temp
+    RETURN CASE WHEN info ? 'sha256'
+                THEN format('%s at %s, %s dimensions, %s pooling', info->>'sha256', info->>'precision',
+                            info->>'dimension', info->>'pooling')
+                ELSE coalesce(info->>'error', missing) END;
+
+-- Runs one command on one node of the cluster, over a connection of its own (Citus's
+-- master_run_on_worker), and returns whether it succeeded and what it returned (or
+-- its error message).
+-- (PL/pgSQL: its body is resolved when it runs, so that koe5 installs without Citus.)
+CREATE FUNCTION koe5__run_on_node(nodename text, nodeport integer, command text, OUT success boolean, OUT result text)
+    VOLATILE
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT r.success, r.result INTO success, result
+        FROM pg_catalog.master_run_on_worker(ARRAY[nodename], ARRAY[nodeport], ARRAY[command], false) AS r;
+END
+$$;
+
 -- Before a distributed backfill: every worker that holds a shard of `tbl` must embed
 -- as this session does (koe5__model_identity), or the table would hold vectors that do
 -- not compare.
@@ -83,11 +108,11 @@ CREATE FUNCTION koe5__check_cluster_models(tbl regclass) RETURNS void
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    mine jsonb := @extschema@.koe5_model_info();
+    mine jsonb;
     n record;
-    theirs text;
 BEGIN
     PERFORM @extschema@.koe5__require_citus();
+    mine := @extschema@.koe5_model_info();
     FOR n IN SELECT c.nodename, c.nodeport, c.reached, c.model
              FROM @extschema@.koe5_cluster_models() AS c
              WHERE EXISTS (SELECT FROM pg_catalog.pg_dist_shard ds
@@ -95,18 +120,11 @@ BEGIN
                            WHERE ds.logicalrelid = tbl AND pl.nodename = c.nodename AND pl.nodeport = c.nodeport)
     LOOP
         IF NOT n.reached OR @extschema@.koe5__model_identity(n.model) IS DISTINCT FROM @extschema@.koe5__model_identity(mine) THEN
-            theirs := CASE WHEN n.model ? 'sha256'
-                           THEN format('%s at %s, %s dimensions, %s pooling', n.model->>'sha256', n.model->>'precision',
-                                       n.model->>'dimension', n.model->>'pooling')
-                           ELSE coalesce(n.model->>'error', 'no answer') END;
             RAISE EXCEPTION 'worker %:% does not embed as this session does', n.nodename, n.nodeport
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       DETAIL = format('This session: %s; the worker: %s.',
-                                      CASE WHEN mine ? 'sha256'
-                                           THEN format('%s at %s, %s dimensions, %s pooling', mine->>'sha256', mine->>'precision',
-                                                       mine->>'dimension', mine->>'pooling')
-                                           ELSE coalesce(mine->>'error', 'no model') END,
-                                      theirs),
+                                      @extschema@.koe5__model_summary(mine, 'no model'),
+                                      @extschema@.koe5__model_summary(n.model, 'no answer')),
                       HINT = 'A distributed backfill embeds on the workers, with their own settings: set koe5.model_path and koe5.precision alike on every node (ALTER DATABASE ... SET reaches them all), and compare with koe5_cluster_models().';
         END IF;
     END LOOP;
@@ -167,23 +185,19 @@ BEGIN
             PERFORM pg_try_advisory_xact_lock(@extschema@.koe5__backfill_lock_key(), run::integer);
             count_sql := format('SELECT count(*) FROM %s AS t WHERE t.%I IS NULL AND t.%I IS NOT NULL',
                                 s.shard, target, source);
-            SELECT r.success, r.result INTO ok, result
-                FROM master_run_on_worker(ARRAY[s.nodename], ARRAY[s.nodeport], ARRAY[count_sql], false) AS r;
+            SELECT r.success, r.result INTO ok, result FROM @extschema@.koe5__run_on_node(s.nodename, s.nodeport, count_sql) AS r;
             before := CASE WHEN ok THEN result::bigint END;
             SELECT r.success, r.result INTO ok, result
-                FROM master_run_on_worker(
-                    ARRAY[s.nodename], ARRAY[s.nodeport],
-                    ARRAY[format('CALL %s.koe5_backfill(%L, %L, %L, %L, %s)',
-                                 '@extschema@', s.shard, source, target, kind, batch_size)],
-                    false) AS r;
+                FROM @extschema@.koe5__run_on_node(
+                    s.nodename, s.nodeport,
+                    format('CALL %s.koe5_backfill(%L, %L, %L, %L, %s)', '@extschema@', s.shard, source, target, kind, batch_size)) AS r;
             IF NOT ok THEN
                 shards_failed := shards_failed + 1;
                 first_error := coalesce(first_error, format('shard %s on %s:%s: %s', s.shardid, s.nodename, s.nodeport, result));
                 RAISE WARNING 'koe5_backfill: shard % of "%" on %:% failed: %',
                     s.shardid, @extschema@.koe5__relname(tbl), s.nodename, s.nodeport, result;
             END IF;
-            SELECT r.success, r.result INTO ok, result
-                FROM master_run_on_worker(ARRAY[s.nodename], ARRAY[s.nodeport], ARRAY[count_sql], false) AS r;
+            SELECT r.success, r.result INTO ok, result FROM @extschema@.koe5__run_on_node(s.nodename, s.nodeport, count_sql) AS r;
             after := CASE WHEN ok THEN result::bigint END;
             UPDATE @extschema@.koe5_backfill_runs
                 SET rows_done = rows_done + greatest(coalesce(before - after, 0), 0),
