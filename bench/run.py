@@ -58,6 +58,16 @@ def matmul_ceiling(dtype: torch.dtype, m: int = 2048, k: int = 1024, n: int = 40
     return 2 * m * k * n * reps / (time.perf_counter() - t) / 1e9
 
 
+def cpu_description() -> str:
+    """lscpu's model name and the vector-instruction flags that decide koe5's kernels."""
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    model = fields.get("Model name", platform.processor() or platform.machine()).strip()
+    flags = set(fields.get("Flags", "").split())
+    wanted = ["avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_int8"]
+    return f"{model} ({', '.join(f for f in wanted if f in flags) or 'no AVX-512'})"
+
+
 def cargo_example(name: str, args: list[str], env: dict | None = None) -> dict:
     cmd = ["cargo", "run", "-q", "--release", "-p", "koe5-core", "--example", name, "--", *args]
     out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, env=env or os.environ).stdout
@@ -131,9 +141,16 @@ def onnx_run(model_dir: str, onnx_file: Path, passages: list[str], queries: list
     return {"passage_s": passage_s, **res, "vectors": np.asarray(out, dtype=np.float32)}
 
 
+def has_vnni() -> bool:
+    return "avx512_vnni" in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.split()
+
+
 def koe5_core_run(model_dir: str, corpus: Path, n_passages: int, dim: int, precision: str) -> dict:
+    """koe5's core on the corpus. int8 on a CPU without AVX512-VNNI runs the portable
+    loop (KOE5_INT8_PORTABLE): its accuracy is int8's, its speed is not (the tables say so)."""
     out = REPO / "target" / f"bench-core-vectors-{precision}.f32"
-    res = cargo_example("bench_core", [model_dir, str(corpus), str(out)], dict(os.environ, KOE5_PRECISION=precision))
+    env = dict(os.environ, KOE5_PRECISION=precision, KOE5_INT8_PORTABLE="1")
+    res = cargo_example("bench_core", [model_dir, str(corpus), str(out)], env)
     res["vectors"] = np.fromfile(out, dtype="<f4").reshape(n_passages, dim)
     return res
 
@@ -368,13 +385,14 @@ def real_weights_part(model_dir: str, onnx_dir: str, passages: list[str], querie
     eval_texts = REPO / "target" / "bench-eval-texts.json"
     eval_texts.write_text(json.dumps([f"passage: {a['body']}" for a in articles] +
                                      [f"query: {q['question']}" for q in questions], ensure_ascii=False))
-    for p in ["f32", "bf16"]:
+    for p in ["f32", "bf16", "int8"]:
         log(f"real weights: koe5 core {p}")
-        rows[f"koe5 core {p}"] = koe5_core_run(model_dir, corpus_path, len(passages), 384, p)
+        name = f"koe5 core {p}" + (" (portable loop: no VNNI here)" if p == "int8" and not has_vnni() else "")
+        rows[name] = koe5_core_run(model_dir, corpus_path, len(passages), 384, p)
 
         def koe5_vectors(texts, p=p):
             return koe5_embed_texts(model_dir, texts, p)
-        figures[f"koe5 core {p}"] = retrieval_figures(koe5_vectors, questions, articles)
+        figures[name] = retrieval_figures(koe5_vectors, questions, articles)
     ref = rows["sentence-transformers fp32"]["vectors"]
 
     def tps(name: str) -> float:
@@ -422,7 +440,7 @@ def koe5_embed_texts(model_dir: str, texts: list[str], precision: str) -> np.nda
         src.write_text(json.dumps(sel, ensure_ascii=False), encoding="utf-8")
         subprocess.run(["cargo", "run", "-q", "--release", "-p", "koe5-core", "--example", "embed_lines", "--",
                         model_dir, str(src), kind, str(dst)], cwd=REPO, check=True, capture_output=True,
-                       env=dict(os.environ, KOE5_PRECISION=precision))
+                       env=dict(os.environ, KOE5_PRECISION=precision, KOE5_INT8_PORTABLE="1"))
         vecs += json.loads(dst.read_text())
     return np.asarray(vecs, dtype=np.float32)
 
@@ -454,7 +472,8 @@ def full_size_part(args, skip: set, corpus: dict, corpus_path: Path, passages: l
         log("ONNX Runtime int8")
         rows["ONNX Runtime int8"] = onnx_run(args.model, Path(args.onnx_dir) / "model-int8.onnx", passages, queries)
     core = {}
-    for p in ["f32", "bf16"]:
+    # int8's speed means something only on its VNNI kernel.
+    for p in ["f32", "bf16"] + (["int8"] if has_vnni() else []):
         log(f"koe5 core {p}")
         core[p] = rows[f"koe5 core {p}"] = koe5_core_run(args.model, corpus_path, len(passages), ref.shape[1], p)
     memory, sessions, failure = {}, [], None
@@ -483,8 +502,7 @@ def full_size_part(args, skip: set, corpus: dict, corpus_path: Path, passages: l
     lines = [
         "# koe5 benchmark results",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
-        f"(AVX512-BF16: {'yes' if kernels['peak']['bf16_gflops_per_core'] else 'no'}), {THREADS} threads for every "
+        f"Machine: {cpu_description()}, {os.cpu_count()} CPUs, {THREADS} threads for every "
         f"engine; Python {platform.python_version()}, torch {torch.__version__}. Corpus: bench/corpus.json, "
         f"{len(passages)} passages ({tokens} real tokens, 60–300 each), {len(queries)} queries (10–30 tokens). "
         f"Model: random weights with KoE5's shape. Command: `python bench/run.py` "
@@ -496,17 +514,23 @@ def full_size_part(args, skip: set, corpus: dict, corpus_path: Path, passages: l
         f"- Instruction peak of one core (register-only loop): vdpbf16ps {kernels['peak']['bf16_gflops_per_core']:.0f}"
         f" GFLOP/s, f32 FMA {kernels['peak']['f32_gflops_per_core']:.0f} GFLOP/s; × {THREADS} cores: "
         f"{THREADS * kernels['peak']['bf16_gflops_per_core']:.0f} / {THREADS * kernels['peak']['f32_gflops_per_core']:.0f}.",
-        "- koe5's kernels at KoE5's shapes, 2 threads (GFLOP/s; koe5 bf16 = its AVX512-BF16 kernel, koe5 f32 = its "
-        "AVX512F kernel, candle f32 = candle/gemm, which koe5 uses for f32 on CPUs without AVX512F):",
+        f"- vpdpbusd (int8, a byte multiply-add counted as 2 operations) {kernels['peak']['int8_gops_per_core']:.0f} "
+        f"GOP/s per core; × {THREADS}: {THREADS * kernels['peak']['int8_gops_per_core']:.0f}.",
+        "- koe5's kernels at KoE5's shapes, 2 threads (GFLOP/s, GOP/s for int8; koe5 bf16 = its AVX512-BF16 kernel, "
+        "koe5 f32 = its AVX512F kernel, koe5 int8 = its AVX512-VNNI kernel with the inputs' quantisation, "
+        "candle f32 = candle/gemm, which koe5 uses for f32 on CPUs without AVX512F):",
         "",
-        "| rows × in × out | koe5 bf16 | % of bf16 peak | koe5 f32 | % of f32 peak | candle f32 | % of f32 peak |",
-        "|---|---|---|---|---|---|---|",
+        "| rows × in × out | koe5 bf16 | % of bf16 peak | koe5 f32 | % of f32 peak | koe5 int8 | % of int8 peak | "
+        "candle f32 | % of f32 peak |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     pb, pf = THREADS * kernels["peak"]["bf16_gflops_per_core"], THREADS * kernels["peak"]["f32_gflops_per_core"]
+    pi = THREADS * kernels["peak"]["int8_gops_per_core"]
     for s in kernels["shapes"]:
         lines.append(f"| {s['m']}×{s['k']}×{s['n']} | {s['bf16_avx512_gflops']:.0f} | "
                      f"{100 * s['bf16_avx512_gflops'] / pb if pb else 0:.0f}% | {s['f32_avx512_gflops']:.0f} | "
-                     f"{100 * s['f32_avx512_gflops'] / pf if pf else 0:.0f}% | {s['f32_candle_gflops']:.0f} | "
+                     f"{100 * s['f32_avx512_gflops'] / pf if pf else 0:.0f}% | {s['int8_vnni_gops'] or 0:.0f} | "
+                     f"{100 * (s['int8_vnni_gops'] or 0) / pi if pi else 0:.0f}% | {s['f32_candle_gflops']:.0f} | "
                      f"{100 * s['f32_candle_gflops'] / pf if pf else 0:.0f}% |")
     lines += [
         "",
@@ -583,6 +607,19 @@ def full_size_part(args, skip: set, corpus: dict, corpus_path: Path, passages: l
     qbest = min((n for n in rows if n.startswith("koe5") and "bf16" in n), key=lambda n: rows[n]["query_p50_ms"])
     lines.append(target(f"single-query p50, {qbest} vs torch bf16", rows[qbest]["query_p50_ms"] / st16["query_p50_ms"],
                         0.7, higher=False))
+    lines += ["", "## Targets (issue 17: fastest on every CPU)", ""]
+    others = [n for n in ["koe5 core f32", "koe5 core bf16"] if n in rows]
+    best_other = max(others, key=tps)
+    lines.append(target("koe5 f32 vs torch fp32", tps(f32name) / tps("sentence-transformers fp32"), 1.2))
+    if "koe5 core int8" in rows:
+        if "ONNX Runtime int8" in rows:
+            lines.append(target("koe5 int8 vs ONNX Runtime int8 (bulk)", tps("koe5 core int8") / tps("ONNX Runtime int8"),
+                                1.3))
+        lines.append(target(f"koe5 int8 vs koe5's best other mode ({best_other}, bulk)",
+                            tps("koe5 core int8") / tps(best_other), 1.5))
+        qother = min(others, key=lambda n: rows[n]["query_p50_ms"])
+        lines.append(target(f"single-query p50, koe5 int8 vs {qother}",
+                            rows["koe5 core int8"]["query_p50_ms"] / rows[qother]["query_p50_ms"], 0.8, higher=False))
     if memory:
         lines.append(target("whole-server PSS, 8 sessions vs 1 (preloaded)",
                             memory["on"]["eight_server_mib"] / memory["on"]["one_server_mib"], 1.3, higher=False))

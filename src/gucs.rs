@@ -31,6 +31,8 @@ enum PrecisionSetting {
     F32,
     #[name = c"bf16"]
     Bf16,
+    #[name = c"int8"]
+    Int8,
 }
 
 impl PrecisionSetting {
@@ -40,6 +42,7 @@ impl PrecisionSetting {
             PrecisionSetting::Auto => None,
             PrecisionSetting::F32 => Some(koe5_core::Precision::F32),
             PrecisionSetting::Bf16 => Some(koe5_core::Precision::Bf16),
+            PrecisionSetting::Int8 => Some(koe5_core::Precision::Int8),
         }
     }
 }
@@ -129,8 +132,8 @@ pub fn init() {
     );
     GucRegistry::define_enum_guc(
         c"koe5.precision",
-        c"Sets the arithmetic of the encoder's dense layers: auto, f32 or bf16.",
-        c"f32 gives the reference's vectors; bf16 (bf16 weights and inputs, f32 sums) is about twice as fast on CPUs with AVX512-BF16 and keeps every vector within cosine 0.9999 of f32. auto is bf16 where the CPU has AVX512-BF16, f32 elsewhere. A backend reloads its model when this changes.",
+        c"Sets the arithmetic of the encoder's dense layers: auto, f32, bf16 or int8.",
+        c"f32 gives the reference's vectors; bf16 (bf16 weights and inputs, f32 sums) keeps every vector within cosine 0.9999 of f32; int8 (int8 weights per column, inputs per token, exact integer sums) is faster than f32 where the CPU has AVX512-VNNI or AVX2, within about cosine 0.999 of f32, and refused on CPUs with neither. auto chooses per CPU from what was measured (koe5_model_info says what and why). A backend reloads its model when this changes.",
         &PRECISION,
         GucContext::Suset,
         GucFlags::default(),

@@ -185,6 +185,51 @@ mod tests {
         Spi::run("SET koe5.precision = 'f32'").unwrap();
     }
 
+    /// `koe5.precision = 'int8'`: every fixture vector (single and batch, both kinds) at
+    /// least as close to the reference's f32 vector as the reference int8 engine's worst
+    /// (ONNX Runtime's dynamic quantisation, tests/fixtures/int8-reference.json), the same
+    /// vector alone and in a batch, and koe5_model_info says int8; on a CPU with neither
+    /// AVX512-VNNI nor AVX2 the embedding is refused with 0A000, naming what is missing.
+    #[pg_test]
+    fn int8_precision_does_at_least_as_well_as_the_reference_int8_engine() {
+        use_fixture("tiny-xlmr");
+        Spi::run("SET koe5.precision = 'int8'").unwrap();
+        if let Some(why) = koe5_core::Precision::Int8.unsupported() {
+            let got = outcome("SELECT koe5_passage('가')");
+            assert!(got.starts_with("0A000") && got.contains("int8"), "{got} ({why})");
+            Spi::run("SET koe5.precision = 'f32'").unwrap();
+            return;
+        }
+        let reference: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/int8-reference.json")).unwrap()).unwrap();
+        let cases = cases();
+        let texts: Vec<String> = cases.iter().map(|c| c["text"].as_str().unwrap().to_owned()).collect();
+        for kind in ["query", "passage"] {
+            let floor = reference["kinds"][kind]["min_cosine"].as_f64().unwrap() as f32;
+            let batch: Vec<Vec<f32>> = Spi::connect(|client| {
+                client
+                    .select(
+                        &format!("SELECT e FROM koe5_{kind}($1::text[]) WITH ORDINALITY AS t(e, n) ORDER BY n"),
+                        None,
+                        &[DatumWithOid::from(texts.clone())],
+                    )
+                    .unwrap()
+                    .map(|r| r.get::<Vec<f32>>(1).unwrap().unwrap())
+                    .collect()
+            });
+            assert_eq!(batch.len(), cases.len());
+            for (c, b) in cases.iter().zip(&batch) {
+                let one = vector_of(&format!("SELECT koe5_{kind}($1)"), c["text"].as_str().unwrap());
+                assert!(&one == b, "{} {kind}: the batch changed the vector", c["name"]);
+                let cos = koe5_core::cosine(b, &floats(&c[kind]["embedding"])).unwrap();
+                assert!(cos >= floor, "{} {kind}: cosine {cos} below ONNX Runtime int8's worst {floor}", c["name"]);
+            }
+        }
+        let info = Spi::get_one::<pgrx::JsonB>("SELECT koe5_model_info()").unwrap().unwrap().0;
+        assert_eq!(info["precision"], "int8");
+        Spi::run("SET koe5.precision = 'f32'").unwrap();
+    }
+
     #[pg_test]
     fn empty_whitespace_and_long_texts() {
         use_fixture("tiny-xlmr");

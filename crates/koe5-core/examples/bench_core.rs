@@ -3,7 +3,7 @@
 //! timings; with a third argument, writes the passage vectors there (f32, little-endian,
 //! row after row) for the accuracy check.
 //!
-//!   KOE5_PRECISION=f32|bf16 cargo run --release -p koe5-core --example bench_core -- MODEL_DIR bench/corpus.json [VECTORS.f32]
+//!   KOE5_PRECISION=f32|bf16|int8 cargo run --release -p koe5-core --example bench_core -- MODEL_DIR bench/corpus.json [VECTORS.f32]
 
 use std::time::Instant;
 
@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let t = Instant::now();
     let precision = std::env::var("KOE5_PRECISION").unwrap_or_else(|_| "f32".into());
-    let precision = Precision::parse(&precision).ok_or("KOE5_PRECISION is f32, bf16 or auto")?;
+    let precision = Precision::parse(&precision).ok_or("KOE5_PRECISION is f32, bf16, int8 or auto")?;
     let e = Embedder::load_with(dir.as_ref(), precision, &mut || {})?;
     let load_s = t.elapsed().as_secs_f64();
     // Warm-up: one of each, so the thread pool and allocator are ready.

@@ -1,6 +1,8 @@
 //! GFLOP/s of the dense layers' multiply at KoE5's shapes: the bf16 kernel (AVX512-BF16
-//! and portable) and candle's f32 matmul, on the current thread pool (RAYON_NUM_THREADS);
-//! and the instruction ceilings of one core. Prints JSON (bench/run.py reads it).
+//! and portable), the f32 and int8 (AVX512-VNNI) kernels and candle's f32 matmul, on the
+//! current thread pool (RAYON_NUM_THREADS); and the instruction ceilings of one core.
+//! int8 counts a multiply-add of two bytes as two operations, as f32 does for floats.
+//! Prints JSON (bench/run.py reads it).
 //!
 //!   cargo run --release -p koe5-core --example bench_kernels [ROWS]
 
@@ -20,7 +22,7 @@ fn best_of(n: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// The instruction ceilings of one core, in GFLOP/s: `vdpbf16ps` and f32 FMA on 512-bit
+/// The instruction ceilings of one core, in GFLOP/s: `vdpbf16ps`, `vpdpbusd` and f32 FMA on 512-bit
 /// registers, 12 independent sums held in registers (inline assembly: compiled Rust
 /// kept the sums in memory and measured the store port instead), no memory traffic.
 /// 0 where absent.
@@ -38,9 +40,11 @@ fn peak() -> serde_json::Value {
         };
         let bf16 = 12.0 * n as f64 * 64.0 / time(peak_loops::dpbf16) / 1e9;
         let f32 = 12.0 * n as f64 * 32.0 / time(peak_loops::fma) / 1e9;
-        return serde_json::json!({ "bf16_gflops_per_core": bf16, "f32_gflops_per_core": f32 });
+        let int8 =
+            if kernels::has_avx512_vnni() { 12.0 * n as f64 * 128.0 / time(peak_loops::dpbusd) / 1e9 } else { 0.0 };
+        return serde_json::json!({ "bf16_gflops_per_core": bf16, "f32_gflops_per_core": f32, "int8_gops_per_core": int8 });
     }
-    serde_json::json!({ "bf16_gflops_per_core": 0, "f32_gflops_per_core": 0 })
+    serde_json::json!({ "bf16_gflops_per_core": 0, "f32_gflops_per_core": 0, "int8_gops_per_core": 0 })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -83,6 +87,7 @@ mod peak_loops {
 
     loop12!(dpbf16, "vdpbf16ps", "avx512f,avx512bf16");
     loop12!(fma, "vfmadd231ps", "avx512f");
+    loop12!(dpbusd, "vpdpbusd", "avx512f,avx512vnni");
 }
 
 fn main() {
@@ -102,15 +107,17 @@ fn main() {
             let flop = 2.0 * (m * k * n) as f64;
             let packed = Packed::pack(&w, k, n, Precision::Bf16).expect("memory for the packed weight");
             let packed32 = Packed::pack(&w, k, n, Precision::F32).expect("memory for the packed weight");
+            let packed8 = Packed::pack(&w, k, n, Precision::Int8).expect("memory for the packed weight");
             let reps = if m <= 16 { 50 } else { 5 };
             // Output and scratch buffers reused, as the encoder does.
-            let (mut dst, mut scratch) = (Vec::new(), Vec::new());
+            let (mut dst, mut scratch) = (Vec::new(), kernels::Scratch::default());
             let mut run = |w: &Packed, fast: bool| {
                 kernels::matmul(&x, m, w, &bias, Epilogue::Bias, None, fast, &mut dst, &mut scratch)
             };
             let fast = best_of(reps, || run(&packed, true));
             let portable = if m <= 256 { best_of(2, || run(&packed, false)) } else { f64::NAN };
             let f32_fast = best_of(reps, || run(&packed32, true));
+            let int8_fast = if kernels::has_avx512_vnni() { best_of(reps, || run(&packed8, true)) } else { f64::NAN };
             let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
             let wt = Tensor::from_vec(w.clone(), (k, n), &Device::Cpu).unwrap();
             let f32s = best_of(reps, || drop(xt.matmul(&wt).unwrap()));
@@ -119,6 +126,7 @@ fn main() {
                 "bf16_avx512_gflops": flop / fast / 1e9,
                 "bf16_portable_gflops": flop / portable / 1e9,
                 "f32_avx512_gflops": flop / f32_fast / 1e9,
+                "int8_vnni_gops": flop / int8_fast / 1e9,
                 "f32_candle_gflops": flop / f32s / 1e9,
             }));
         }

@@ -4,7 +4,7 @@
 //! one JSON object with the timings; writes the raw logits (one list per query) to
 //! LOGITS.json for the accuracy check.
 //!
-//!   KOE5_PRECISION=f32|bf16 cargo run --release -p koe5-core --example bench_rerank -- MODEL_DIR INPUT.json LOGITS.json
+//!   KOE5_PRECISION=f32|bf16|int8 cargo run --release -p koe5-core --example bench_rerank -- MODEL_DIR INPUT.json LOGITS.json
 //!
 //! INPUT.json: {"queries": [{"query": "...", "passages": ["...", ...]}, ...]}.
 
@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let input: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(input)?)?;
     let precision = std::env::var("KOE5_PRECISION").unwrap_or_else(|_| "f32".into());
-    let precision = Precision::parse(&precision).ok_or("KOE5_PRECISION is f32, bf16 or auto")?;
+    let precision = Precision::parse(&precision).ok_or("KOE5_PRECISION is f32, bf16, int8 or auto")?;
     let t = Instant::now();
     let r = Reranker::load_with(dir.as_ref(), precision, &mut || {})?;
     let load_s = t.elapsed().as_secs_f64();

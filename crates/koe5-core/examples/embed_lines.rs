@@ -3,7 +3,7 @@
 //! (tokenizing vs. the whole batch path); optionally writes the vectors as a JSON array.
 //! A quick check, not a benchmark:
 //!
-//!   [KOE5_PRECISION=f32|bf16|auto] cargo run -p koe5-core --example embed_lines -- MODEL_DIR FILE [passage|query] [OUT.json]
+//!   [KOE5_PRECISION=f32|bf16|int8|auto] cargo run -p koe5-core --example embed_lines -- MODEL_DIR FILE [passage|query] [OUT.json]
 
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ fn main() {
     let kind = if args.get(3).map(String::as_str) == Some("query") { Kind::Query } else { Kind::Passage };
     let t = Instant::now();
     let precision = std::env::var("KOE5_PRECISION").unwrap_or_else(|_| "f32".into());
-    let precision = Precision::parse(&precision).expect("KOE5_PRECISION is f32, bf16 or auto");
+    let precision = Precision::parse(&precision).expect("KOE5_PRECISION is f32, bf16, int8 or auto");
     let e = Embedder::load_with(std::path::Path::new(&args[1]), precision, &mut || {})
         .unwrap_or_else(|err| panic!("{err}"));
     println!("load: {:.3} s", t.elapsed().as_secs_f64());

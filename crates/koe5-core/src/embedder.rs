@@ -39,6 +39,7 @@ impl Embedder {
     /// never a fault (see [`weights`]).
     pub fn load_with(dir: &Path, precision: Precision, interrupt: &mut dyn FnMut()) -> Result<Embedder> {
         let start = Instant::now();
+        precision.check_supported()?;
         let spec = ModelSpec::read(dir)?;
         let tokenizer = TextTokenizer::from_file(&spec.tokenizer, spec.max_tokens, spec.do_lower_case)?;
         tokenizer.check_vocabulary(spec.encoder.vocab_size, &spec.tokenizer)?;

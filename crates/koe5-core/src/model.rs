@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::config::{Activation, Architecture, EncoderConfig};
 use crate::error::{Error, ErrorKind, Result};
-use crate::kernels::{self, Attention, Epilogue, Packed};
+use crate::kernels::{self, Attention, Epilogue, Packed, Scratch};
 use crate::precision::Precision;
 
 type CResult<T> = candle_core::Result<T>;
@@ -65,7 +65,7 @@ impl Dense {
         epilogue: Epilogue,
         residual: Option<&[f32]>,
         out: &mut Vec<f32>,
-        scratch: &mut Vec<u32>,
+        scratch: &mut Scratch,
     ) -> CResult<()> {
         match &self.weights {
             Weights::Packed(p) => kernels::matmul(x, m, p, &self.bias, epilogue, residual, true, out, scratch),
@@ -101,15 +101,7 @@ impl Dense {
                         out.set_len(m * n);
                     }
                 }
-                out.par_chunks_mut(n.max(1)).enumerate().for_each(|(r, row)| {
-                    let res = residual.map(|res| &res[r * n..(r + 1) * n]);
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v += self.bias[j] + res.map_or(0.0, |res| res[j]);
-                        if epilogue == Epilogue::BiasGelu {
-                            *v = kernels::gelu(*v);
-                        }
-                    }
-                });
+                kernels::epilogue(out, n, &self.bias, epilogue, residual);
             }
         }
         Ok(())
@@ -320,15 +312,15 @@ struct Work {
     ctx: Vec<f32>,
     attn: Vec<f32>,
     inter: Vec<f32>,
-    /// A dense layer's input rounded to bf16.
-    scratch: Vec<u32>,
+    /// A dense layer's input rounded to bf16 or quantised to int8.
+    scratch: Scratch,
 }
 
 impl Work {
     /// Reserves every buffer for `rows` rows up front, fallibly: a batch too large for
     /// the memory there is is an error, never an abort (the kernels' own `reserve`
     /// calls then find the room already there).
-    fn for_rows(rows: usize, hidden: usize, inter: usize, bf16: bool) -> Option<Work> {
+    fn for_rows(rows: usize, hidden: usize, inter: usize, precision: Precision) -> Option<Work> {
         fn buf<T>(len: usize) -> Option<Vec<T>> {
             let mut v = Vec::new();
             v.try_reserve_exact(len).ok()?;
@@ -340,7 +332,7 @@ impl Work {
             ctx: buf(rows * hidden)?,
             attn: buf(rows * hidden)?,
             inter: buf(rows * inter)?,
-            scratch: buf(if bf16 { rows * inter.max(hidden).div_ceil(2) } else { 0 })?,
+            scratch: Scratch::for_rows(rows, inter.max(hidden), &[precision])?,
         })
     }
 }
@@ -391,8 +383,7 @@ impl Encoder {
             .with_detail("Every sequence holds at least one token."));
         }
         let rows = ids.len();
-        let bf16 = self.precision == Precision::Bf16;
-        let mut work = Work::for_rows(rows, self.hidden, self.intermediate, bf16).ok_or_else(|| {
+        let mut work = Work::for_rows(rows, self.hidden, self.intermediate, self.precision).ok_or_else(|| {
             Error::new(ErrorKind::OutOfMemory, format!("out of memory for a forward pass over {rows} tokens"))
         })?;
         self.embeddings.forward(ids, lens, &mut work.x).map_err(Error::inference)?;
@@ -426,7 +417,7 @@ mod tests {
         {
             let run = |d: &Dense| {
                 let mut out = Vec::new();
-                d.forward(&x, m, epilogue, residual, &mut out, &mut Vec::new()).unwrap();
+                d.forward(&x, m, epilogue, residual, &mut out, &mut Scratch::default()).unwrap();
                 out
             };
             let (a, b) = (run(&packed), run(&gemm));
@@ -605,7 +596,7 @@ mod wide_tests {
             .map(|(s, &len)| (0..len).map(|i| ((i * 37 + s * 101) % (VOCAB - 3) + 3) as u32).collect())
             .collect();
         let ids = seqs.concat();
-        for (precision, tol) in [(Precision::F32, 2e-4), (Precision::Bf16, 5e-2)] {
+        for (precision, tol) in [(Precision::F32, 2e-4), (Precision::Bf16, 5e-2), (Precision::Int8, 1e-1)] {
             let enc = Encoder::new(&cfg, Activation::GeluErf, precision, vb.clone()).unwrap();
             let got = enc.forward(&ids, &lens, &mut || {}).unwrap();
             let mut worst = 0f64;
@@ -633,7 +624,8 @@ mod wide_tests {
             }
             println!("{precision:?}: max |difference| to f64 {worst:e}");
             // LayerNorm outputs of size ~1: f32 rounding through two layers stays near
-            // 1e-5; bf16 rounds every dense layer's operands to 8 bits (2^-9 relative).
+            // 1e-5; bf16 rounds every dense layer's operands to 8 bits (2^-9 relative);
+            // int8 to 255 steps of each row's range and 127 of each column's.
             assert!(worst < tol, "{precision:?}: {worst}");
         }
         // Bad arguments are errors, not panics.

@@ -13,6 +13,11 @@ pub enum Precision {
     /// bf16 weights and inputs of the dense layers, f32 sums; everything else in f32.
     /// Uses AVX512-BF16 where the CPU has it, a portable loop elsewhere.
     Bf16,
+    /// int8 weights (a scale per output column) and inputs (a scale and zero point per
+    /// token) of the dense layers, i32 sums; everything else in f32. Needs AVX512-VNNI
+    /// (or, failing that, AVX2) for speed: the encoder refuses it elsewhere
+    /// ([`Precision::unsupported`]).
+    Int8,
 }
 
 impl Precision {
@@ -48,10 +53,40 @@ impl Precision {
         }
     }
 
+    /// Why this CPU cannot run `self` at speed, naming the instructions it lacks; None
+    /// where it can (or where the portable path is a documented fallback: bf16 and f32).
+    /// int8's portable loop is many times slower than f32: a choice of int8 on a CPU
+    /// without VNNI is refused rather than run slowly, unless the environment variable
+    /// `KOE5_INT8_PORTABLE=1` asks for the portable loop (for measuring int8's accuracy
+    /// on such a CPU: the tests and the benchmark set it, a server should not).
+    pub fn unsupported(self) -> Option<String> {
+        let portable = std::env::var("KOE5_INT8_PORTABLE").is_ok_and(|v| v == "1");
+        (self == Precision::Int8 && !crate::kernels::has_fast_path(Precision::Int8) && !portable)
+            .then(Precision::missing_for_int8)
+    }
+
+    /// [`Precision::unsupported`] as the error a model load returns (SQLSTATE 0A000).
+    pub fn check_supported(self) -> crate::Result<()> {
+        match self.unsupported() {
+            None => Ok(()),
+            Some(why) => Err(crate::Error::new(
+                crate::ErrorKind::Unsupported,
+                format!("precision {} is not available on this CPU", self.name()),
+            )
+            .with_detail(why)
+            .with_hint("Set koe5.precision to auto, f32 or bf16.")),
+        }
+    }
+
+    fn missing_for_int8() -> String {
+        "int8 needs the CPU instructions AVX512-VNNI, or else AVX2 and FMA, which this CPU lacks".to_owned()
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 
@@ -59,6 +94,7 @@ impl Precision {
         match s {
             "f32" => Some(Precision::F32),
             "bf16" => Some(Precision::Bf16),
+            "int8" => Some(Precision::Int8),
             "auto" => Some(Precision::auto()),
             _ => None,
         }
@@ -82,5 +118,17 @@ mod tests {
         let first = Precision::auto_choice();
         assert!((0..100).all(|_| Precision::auto_choice() == first));
         assert_eq!(first.0, Precision::auto());
+    }
+
+    #[test]
+    fn int8_names_what_the_cpu_lacks() {
+        assert_eq!(Precision::parse("int8"), Some(Precision::Int8));
+        assert_eq!(Precision::Int8.name(), "int8");
+        assert!(Precision::missing_for_int8().contains("AVX512-VNNI, or else AVX2 and FMA"));
+        assert_eq!(Precision::F32.unsupported(), None);
+        assert_eq!(Precision::Bf16.unsupported(), None);
+        let portable = std::env::var("KOE5_INT8_PORTABLE").is_ok_and(|v| v == "1");
+        let fast = crate::kernels::has_avx512_vnni() || crate::kernels::has_avx2_fma();
+        assert_eq!(Precision::Int8.unsupported().is_none(), fast || portable);
     }
 }

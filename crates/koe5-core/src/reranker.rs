@@ -187,6 +187,7 @@ impl Reranker {
     /// not memory-mapped, as the embedder's weights are).
     pub fn load_with(dir: &Path, precision: Precision, interrupt: &mut dyn FnMut()) -> Result<Reranker> {
         let start = Instant::now();
+        precision.check_supported()?;
         let spec = RerankerSpec::read(dir)?;
         let tokenizer = TextTokenizer::from_file(&spec.tokenizer, spec.max_tokens, false)?;
         tokenizer.check_vocabulary(spec.encoder.vocab_size, &spec.tokenizer)?;

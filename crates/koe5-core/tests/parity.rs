@@ -147,7 +147,7 @@ fn bf16_vectors_stay_within_the_documented_bound_on_both_kernels() {
     let x = &a[..64 * 64];
     let run = |fast| {
         let mut out = Vec::new();
-        matmul(x, 64, &w, &bias, Epilogue::BiasGelu, None, fast, &mut out, &mut Vec::new());
+        matmul(x, 64, &w, &bias, Epilogue::BiasGelu, None, fast, &mut out, &mut Default::default());
         out
     };
     let (fast, portable) = (run(true), run(false));
@@ -160,4 +160,57 @@ fn bf16_vectors_stay_within_the_documented_bound_on_both_kernels() {
         f32_model.embed_one(Kind::Passage, text, &mut || {}).unwrap(),
     );
     assert!(x.iter().zip(&y).any(|(p, q)| (p - q).abs() > 1e-6), "bf16 gave the f32 vector");
+}
+
+/// The reference int8 engine on the same inputs (int8_reference.py: ONNX Runtime's
+/// dynamic quantisation, as the benchmark's int8 baseline).
+fn reference_int8(key: &str) -> (f32, f32) {
+    let text = std::fs::read_to_string(fixtures().join("int8-reference.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let k = &v["kinds"][key];
+    (k["min_cosine"].as_f64().unwrap() as f32, k["mean_cosine"].as_f64().unwrap() as f32)
+}
+
+/// int8: every fixture vector (single and batched, both kinds) at least as close to the
+/// reference's f32 vector as the reference int8 engine's worst, and on average at least
+/// as close as its average; a text's vector does not depend on its batch; on a CPU with
+/// neither AVX512-VNNI nor AVX2 the load is refused, naming what is missing.
+#[test]
+fn int8_vectors_do_at_least_as_well_as_the_reference_int8_engine() {
+    let dir = fixtures().join("tiny-xlmr");
+    if let Some(why) = Precision::Int8.unsupported() {
+        let err = Embedder::load_with(&dir, Precision::Int8, &mut || {}).err().expect("int8 refused");
+        assert_eq!(err.kind, koe5_core::ErrorKind::Unsupported);
+        assert!(err.detail.as_deref() == Some(why.as_str()) && why.contains("AVX512-VNNI"), "{err:?}");
+        return;
+    }
+    let cases = expected();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let e = Embedder::load_with(&dir, Precision::Int8, &mut || {}).unwrap();
+    assert_eq!(e.precision, Precision::Int8);
+    for (kind, key) in kinds() {
+        let (ref_min, ref_mean) = reference_int8(key);
+        let batched = e.embed_many(kind, &texts, &mut || {}).unwrap();
+        let (mut min_cos, mut sum) = (1f32, 0f64);
+        for (c, v) in cases.iter().zip(&batched) {
+            let want = floats(&c[key]["embedding"]);
+            let single = e.embed_one(kind, c["text"].as_str().unwrap(), &mut || {}).unwrap();
+            assert!(&single == v, "{} {key}: the batch changed the vector", c["name"]);
+            let cos = koe5_core::cosine(v, &want).unwrap();
+            min_cos = min_cos.min(cos);
+            sum += cos as f64;
+        }
+        let mean = (sum / cases.len() as f64) as f32;
+        println!("int8 {key}: min cosine {min_cos}, mean {mean} (ONNX Runtime int8: {ref_min}, {ref_mean})");
+        assert!(min_cos >= ref_min, "{key}: min {min_cos} vs the reference int8's {ref_min}");
+        assert!(mean >= ref_mean, "{key}: mean {mean} vs the reference int8's {ref_mean}");
+    }
+    // And int8 really ran: its vectors are neither the f32 nor the bf16 ones.
+    let text = cases[0]["text"].as_str().unwrap();
+    let int8 = e.embed_one(Kind::Passage, text, &mut || {}).unwrap();
+    for p in [Precision::F32, Precision::Bf16] {
+        let other =
+            Embedder::load_with(&dir, p, &mut || {}).unwrap().embed_one(Kind::Passage, text, &mut || {}).unwrap();
+        assert!(int8.iter().zip(&other).any(|(a, b)| (a - b).abs() > 1e-6), "int8 gave the {p:?} vector");
+    }
 }

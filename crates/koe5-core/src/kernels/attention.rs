@@ -1,12 +1,13 @@
 //! Self-attention over sequences packed back to back: scores, softmax, weighted sum of
 //! values, one task per sequence and head, over the sequence's real tokens only. An
-//! AVX-512 path (where the CPU has AVX512F) and a portable one sum in different orders
-//! (lanes, fused multiply-adds), so they agree to f32 rounding.
+//! AVX-512 path (where the CPU has AVX512F), an AVX2 one (where it has AVX2 and FMA but
+//! not AVX512F) and a portable one sum in different orders (lanes, fused multiply-adds),
+//! so they agree to f32 rounding.
 
 use rayon::prelude::*;
 
 use super::approx::exp_nonpositive;
-use super::cpu::has_avx512f;
+use super::cpu::{has_avx2_fma, has_avx512f};
 use super::shared_out::SharedOut;
 
 /// What one attention call works on: sequences packed back to back, no padding:
@@ -82,12 +83,12 @@ struct Head<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn head_avx512(job: &Head) {
-    // SAFETY: this function's contract is `head::<true>`'s.
-    unsafe { head::<true>(job) }
+    // SAFETY: this function's contract is `head::<AVX512>`'s.
+    unsafe { head::<AVX512>(job) }
 }
 
-/// The portable loops compiled for AVX2 and FMA (where the CPU has them but not
-/// AVX512F): the compiler vectorizes their 16-lane arrays into 256-bit registers.
+/// The AVX2 path (where the CPU has AVX2 and FMA but not AVX512F): the same loops on
+/// pairs of 8-lane registers.
 ///
 /// # Safety
 ///
@@ -95,32 +96,37 @@ unsafe fn head_avx512(job: &Head) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn head_avx2(job: &Head) {
-    // SAFETY: `job` is valid (the contract).
-    unsafe { head::<false>(job) }
+    // SAFETY: this function's contract is `head::<AVX2>`'s.
+    unsafe { head::<AVX2>(job) }
 }
 
-/// The portable loops, for AVX2 where the CPU has it.
+/// The portable loops, or the AVX2 path where the CPU has it.
 ///
 /// # Safety
 ///
 /// `job` is valid.
 unsafe fn head_portable(job: &Head) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU has both (checked just now); `job` is valid (the contract).
         return unsafe { head_avx2(job) };
     }
     // SAFETY: `job` is valid (the contract).
-    unsafe { head::<false>(job) }
+    unsafe { head::<PORTABLE>(job) }
 }
 
-/// Attention for one job, on AVX-512 registers when `FAST`.
+/// The paths of [`head`].
+const PORTABLE: u8 = 0;
+const AVX2: u8 = 1;
+const AVX512: u8 = 2;
+
+/// Attention for one job, on AVX-512 registers for `AVX512`, AVX2 ones for `AVX2`.
 ///
 /// # Safety
 ///
-/// `job` is valid; with `FAST`, the CPU has AVX512F.
+/// `job` is valid; the CPU has AVX512F for `AVX512`, AVX2 and FMA for `AVX2`.
 #[inline(always)]
-unsafe fn head<const FAST: bool>(job: &Head) {
+unsafe fn head<const PATH: u8>(job: &Head) {
     let &Head { rows, stride, hidden, h, d, len, out, ldo } = job;
     let (qo, ko, vo) = (h * d, hidden + h * d, 2 * hidden + h * d);
     // Keys transposed (d × lp) and values (len × dp), zero-padded to whole chunks.
@@ -146,13 +152,14 @@ unsafe fn head<const FAST: bool>(job: &Head) {
             &rows[at..at + d]
         });
         for j0 in (0..lp).step_by(L) {
-            #[cfg(target_arch = "x86_64")]
-            if FAST {
-                // SAFETY: the CPU has AVX512F (FAST's contract); kt holds d rows of lp ≥ j0 + L.
-                unsafe { avx512::scores(&q, &kt[j0..], lp, &mut acc) };
-            }
-            if !FAST {
-                portable::scores(&q, &kt[j0..], lp, &mut acc);
+            match PATH {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX512F (PATH's contract); kt holds d rows of lp ≥ j0 + L.
+                AVX512 => unsafe { avx512::scores(&q, &kt[j0..], lp, &mut acc) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX2 and FMA (PATH's contract); as above.
+                AVX2 => unsafe { avx2::scores(&q, &kt[j0..], lp, &mut acc) },
+                _ => portable::scores(&q, &kt[j0..], lp, &mut acc),
             }
             for r in 0..QR {
                 p[r * lp + j0..r * lp + j0 + L].copy_from_slice(&acc[r]);
@@ -162,25 +169,27 @@ unsafe fn head<const FAST: bool>(job: &Head) {
         // the 1/sum is applied to the weighted sums.
         for r in 0..QR {
             let s = &mut p[r * lp..r * lp + len];
-            #[cfg(target_arch = "x86_64")]
-            if FAST {
-                // SAFETY: the CPU has AVX512F (FAST's contract).
-                sums[r] = unsafe { avx512::softmax_unnormalized(s, scale) };
-            }
-            if !FAST {
-                sums[r] = portable::softmax_unnormalized(s, scale);
-            }
+            sums[r] = match PATH {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX512F (PATH's contract).
+                AVX512 => unsafe { avx512::softmax_unnormalized(s, scale) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX2 and FMA (PATH's contract).
+                AVX2 => unsafe { avx2::softmax_unnormalized(s, scale) },
+                _ => portable::softmax_unnormalized(s, scale),
+            };
         }
         // Weighted sums of the values, a chunk of L dimensions at a time.
         for c0 in (0..dp).step_by(L) {
-            #[cfg(target_arch = "x86_64")]
-            if FAST {
-                // SAFETY: the CPU has AVX512F (FAST's contract); p holds QR rows of lp ≥
+            match PATH {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX512F (PATH's contract); p holds QR rows of lp ≥
                 // len, v holds len rows of dp ≥ c0 + L.
-                unsafe { avx512::weighted(&p, lp, &v[c0..], dp, len, &mut acc) };
-            }
-            if !FAST {
-                portable::weighted(&p, lp, &v[c0..], dp, len, &mut acc);
+                AVX512 => unsafe { avx512::weighted(&p, lp, &v[c0..], dp, len, &mut acc) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX2 and FMA (PATH's contract); as above.
+                AVX2 => unsafe { avx2::weighted(&p, lp, &v[c0..], dp, len, &mut acc) },
+                _ => portable::weighted(&p, lp, &v[c0..], dp, len, &mut acc),
             }
             for r in 0..QR.min(len - i0) {
                 let inv = 1.0 / sums[r];
@@ -327,6 +336,107 @@ mod avx512 {
             }
             for r in 0..QR {
                 _mm512_storeu_ps(acc[r].as_mut_ptr(), sum[r]);
+            }
+        }
+    }
+}
+
+/// The same loops on pairs of 8-lane registers (`L` = 16 lanes as a low and a high half).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{L, QR};
+
+    /// # Safety
+    ///
+    /// The CPU has AVX2 and FMA; every `q[r]` holds `d = q[0].len() > 0` values and
+    /// `kt` at least `(d - 1)·lp + L`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scores(q: &[&[f32]; QR], kt: &[f32], lp: usize, acc: &mut [[f32; L]; QR]) {
+        let d = q[0].len();
+        debug_assert!(kt.len() >= (d - 1) * lp + L && q.iter().all(|r| r.len() == d));
+        // SAFETY: loads of kt at t·lp .. t·lp + L and q[r][t], t < d: inside both (the
+        // contract).
+        unsafe {
+            let mut sum = [[_mm256_setzero_ps(); 2]; QR];
+            for t in 0..d {
+                let k = kt.as_ptr().add(t * lp);
+                let (k0, k1) = (_mm256_loadu_ps(k), _mm256_loadu_ps(k.add(8)));
+                for r in 0..QR {
+                    let x = _mm256_set1_ps(*q[r].get_unchecked(t));
+                    sum[r][0] = _mm256_fmadd_ps(x, k0, sum[r][0]);
+                    sum[r][1] = _mm256_fmadd_ps(x, k1, sum[r][1]);
+                }
+            }
+            for r in 0..QR {
+                _mm256_storeu_ps(acc[r].as_mut_ptr(), sum[r][0]);
+                _mm256_storeu_ps(acc[r].as_mut_ptr().add(8), sum[r][1]);
+            }
+        }
+    }
+
+    /// # Safety
+    ///
+    /// The CPU has AVX2 and FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax_unnormalized(s: &mut [f32], scale: f32) -> f32 {
+        let n = s.len();
+        let whole = n / 8 * 8;
+        // SAFETY: the vector loads and stores cover floats i .. i + 8 ≤ whole ≤ n.
+        unsafe {
+            let ptr = s.as_mut_ptr();
+            let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+            for i in (0..whole).step_by(8) {
+                m = _mm256_max_ps(m, _mm256_loadu_ps(ptr.add(i)));
+            }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+            let max = lanes.iter().chain(&s[whole..]).fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * scale;
+            let (vscale, vmax, mut sum) = (_mm256_set1_ps(scale), _mm256_set1_ps(max), _mm256_setzero_ps());
+            for i in (0..whole).step_by(8) {
+                let x = _mm256_fmsub_ps(_mm256_loadu_ps(ptr.add(i)), vscale, vmax);
+                let e = super::super::approx::avx2::exp_neg8(x);
+                _mm256_storeu_ps(ptr.add(i), e);
+                sum = _mm256_add_ps(sum, e);
+            }
+            _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+            let mut total: f32 = lanes.iter().sum();
+            for x in &mut s[whole..] {
+                *x = super::exp_nonpositive(*x * scale - max);
+                total += *x;
+            }
+            total
+        }
+    }
+
+    /// # Safety
+    ///
+    /// The CPU has AVX2 and FMA; `len > 0`, `p` holds at least `(QR - 1)·lp + len`
+    /// values and `v` at least `(len - 1)·dp + L`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn weighted(p: &[f32], lp: usize, v: &[f32], dp: usize, len: usize, acc: &mut [[f32; L]; QR]) {
+        debug_assert!(p.len() >= (QR - 1) * lp + len && v.len() >= (len - 1) * dp + L);
+        // SAFETY: loads of v at j·dp .. j·dp + L and p at r·lp + j, j < len, r < QR:
+        // inside both (the contract).
+        unsafe {
+            let mut sum = [[_mm256_setzero_ps(); 2]; QR];
+            for j in 0..len {
+                let vj = v.as_ptr().add(j * dp);
+                let (v0, v1) = (_mm256_loadu_ps(vj), _mm256_loadu_ps(vj.add(8)));
+                #[allow(clippy::needless_range_loop)] // r indexes p and sum alike
+                for r in 0..QR {
+                    let x = _mm256_set1_ps(*p.get_unchecked(r * lp + j));
+                    sum[r][0] = _mm256_fmadd_ps(x, v0, sum[r][0]);
+                    sum[r][1] = _mm256_fmadd_ps(x, v1, sum[r][1]);
+                }
+            }
+            for r in 0..QR {
+                _mm256_storeu_ps(acc[r].as_mut_ptr(), sum[r][0]);
+                _mm256_storeu_ps(acc[r].as_mut_ptr().add(8), sum[r][1]);
             }
         }
     }

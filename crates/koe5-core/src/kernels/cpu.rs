@@ -13,6 +13,32 @@ pub fn has_avx512_bf16() -> bool {
     }
 }
 
+/// Whether this CPU has the byte dot-product instructions (`vpdpbusd`) the int8 fast
+/// path needs.
+pub fn has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU has AVX2 and FMA, which the 8-lane paths (attention, the gemm path's
+/// epilogue) need; every x86-64 CPU with AVX512F has both.
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The CPU's vendor as CPUID names it ("AuthenticAMD", "GenuineIntel", …; "" off x86).
 pub fn cpu_vendor() -> String {
     #[cfg(target_arch = "x86_64")]

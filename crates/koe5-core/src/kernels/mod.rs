@@ -5,6 +5,7 @@
 //! - [`attention`]: softmax(Q·Kᵀ/√d)·V per sequence and head;
 //! - [`layer_norm`]: LayerNorm of each row;
 //! - `bf16`: rounding f32 to bf16 and back;
+//! - `int8`: quantising weights (per column) and activations (per row) to bytes;
 //! - `approx`: e^x, erf and GELU, fast in f32, with the exact f64 erf they are held to;
 //! - `cpu`: which instructions this CPU has;
 //! - `shared_out`: the output buffer the threads of one kernel call fill together.
@@ -17,6 +18,7 @@ mod approx;
 mod attention;
 mod bf16;
 mod cpu;
+mod int8;
 mod layer_norm;
 mod matmul;
 mod shared_out;
@@ -25,6 +27,6 @@ pub(crate) use approx::gelu_tanh;
 pub use approx::{exact_erf, exp_nonpositive, gelu};
 pub use attention::{attention, Attention};
 pub use bf16::{bf16_bits, bf16_to_f32};
-pub use cpu::{cpu_vendor, has_avx512_bf16, has_avx512f};
+pub use cpu::{cpu_vendor, has_avx2_fma, has_avx512_bf16, has_avx512_vnni, has_avx512f};
 pub use layer_norm::layer_norm;
-pub use matmul::{has_fast_path, matmul, Epilogue, Packed};
+pub use matmul::{epilogue, has_fast_path, matmul, Epilogue, Packed, Scratch};
