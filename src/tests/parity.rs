@@ -13,6 +13,21 @@ mod tests {
 
     use crate::tests::harness::*;
 
+    /// The vectors of `koe5_{kind}(texts::text[])`, in the texts' order.
+    fn batch_vectors(kind: &str, texts: &[String]) -> Vec<Vec<f32>> {
+        Spi::connect(|client| {
+            client
+                .select(
+                    &format!("SELECT e FROM koe5_{kind}($1::text[]) WITH ORDINALITY AS t(e, n) ORDER BY n"),
+                    None,
+                    &[DatumWithOid::from(texts.to_vec())],
+                )
+                .unwrap()
+                .map(|r| r.get::<Vec<f32>>(1).unwrap().unwrap())
+                .collect()
+        })
+    }
+
     #[pg_test]
     fn single_forms_match_the_reference() {
         use_fixture("tiny-xlmr");
@@ -146,17 +161,7 @@ mod tests {
         let cases = cases();
         let texts: Vec<String> = cases.iter().map(|c| c["text"].as_str().unwrap().to_owned()).collect();
         for (kind, key) in [("query", "query"), ("passage", "passage")] {
-            let batch: Vec<Vec<f32>> = Spi::connect(|client| {
-                client
-                    .select(
-                        &format!("SELECT e FROM koe5_{kind}($1::text[]) WITH ORDINALITY AS t(e, n) ORDER BY n"),
-                        None,
-                        &[DatumWithOid::from(texts.clone())],
-                    )
-                    .unwrap()
-                    .map(|r| r.get::<Vec<f32>>(1).unwrap().unwrap())
-                    .collect()
-            });
+            let batch = batch_vectors(kind, &texts);
             assert_eq!(batch.len(), cases.len());
             for (c, b) in cases.iter().zip(&batch) {
                 let want = floats(&c[key]["embedding"]);
@@ -206,17 +211,7 @@ mod tests {
         let texts: Vec<String> = cases.iter().map(|c| c["text"].as_str().unwrap().to_owned()).collect();
         for kind in ["query", "passage"] {
             let floor = reference["kinds"][kind]["min_cosine"].as_f64().unwrap() as f32;
-            let batch: Vec<Vec<f32>> = Spi::connect(|client| {
-                client
-                    .select(
-                        &format!("SELECT e FROM koe5_{kind}($1::text[]) WITH ORDINALITY AS t(e, n) ORDER BY n"),
-                        None,
-                        &[DatumWithOid::from(texts.clone())],
-                    )
-                    .unwrap()
-                    .map(|r| r.get::<Vec<f32>>(1).unwrap().unwrap())
-                    .collect()
-            });
+            let batch = batch_vectors(kind, &texts);
             assert_eq!(batch.len(), cases.len());
             for (c, b) in cases.iter().zip(&batch) {
                 let one = vector_of(&format!("SELECT koe5_{kind}($1)"), c["text"].as_str().unwrap());

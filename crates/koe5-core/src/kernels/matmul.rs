@@ -981,7 +981,7 @@ mod tests {
             }
             for fast in [false, true] {
                 if fast && !has_fast_path(Precision::Int8) {
-                    eprintln!("this CPU has no AVX512-VNNI: only the portable int8 path is tested");
+                    eprintln!("this CPU has neither AVX512-VNNI nor AVX2: only the portable int8 path is tested");
                     continue;
                 }
                 let run = |epilogue, residual| {
