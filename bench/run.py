@@ -648,7 +648,7 @@ def main() -> int:
         lines = full_size_part(args, skip, corpus, corpus_path, passages, queries, tokens)
     else:
         lines = ["# koe5 benchmark results", "",
-                 f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {THREADS} threads "
+                 f"Machine: {cpu_description()}, {os.cpu_count()} CPUs, {THREADS} threads "
                  f"for every engine; Python {platform.python_version()}, torch {torch.__version__}. Corpus: "
                  f"bench/corpus.json, {len(passages)} passages ({tokens} real tokens). Command: `python bench/run.py "
                  f"--skip {args.skip}` ({time.strftime('%Y-%m-%d')})."]
