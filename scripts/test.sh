@@ -56,7 +56,7 @@ for part in "${parts[@]}"; do
             ;;
         core)
             echo "==> koe5-core: unit and parity tests (no PostgreSQL)"
-            # KOE5_INT8_PORTABLE: on a CPU without AVX512-VNNI, int8 runs (slowly) on its
+            # KOE5_INT8_PORTABLE: on a CPU with neither AVX512-VNNI nor AVX2, int8 runs (slowly) on its
             # portable loop, so that its accuracy is tested here too (the SQL tests see
             # the refusal instead).
             KOE5_INT8_PORTABLE=1 KOE5_FIGURES="$KOE5_HOME/figures-core.txt" nice cargo test -p koe5-core -- --skip arbitrary_text

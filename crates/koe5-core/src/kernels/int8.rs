@@ -52,8 +52,10 @@ pub(crate) const ACTIVATION_MAX: i32 = 255;
 #[inline]
 pub(crate) fn row_params(lo: f32, hi: f32) -> (f32, f32, i32) {
     let (lo, hi) = (lo.min(0.0), hi.max(0.0));
-    let scale = (hi - lo) / ACTIVATION_MAX as f32;
-    let scale = if scale > 0.0 && scale.is_finite() { scale } else { 1.0 };
+    // (each side divided first: hi − lo itself may overflow)
+    let scale = hi / ACTIVATION_MAX as f32 - lo / ACTIVATION_MAX as f32;
+    let ok = scale > 0.0 && scale.is_finite() && (1.0 / scale).is_finite();
+    let scale = if ok { scale } else { 1.0 };
     let inv = 1.0 / scale;
     let zero = (-lo * inv).round_ties_even().clamp(0.0, ACTIVATION_MAX as f32) as i32;
     (scale, inv, zero)
@@ -62,8 +64,11 @@ pub(crate) fn row_params(lo: f32, hi: f32) -> (f32, f32, i32) {
 /// One activation as an unsigned byte.
 #[inline]
 pub(crate) fn quantize_activation(x: f32, inv: f32, zero: i32) -> u8 {
-    // `as i32` of NaN is 0, of ±∞ saturates: the clamp then keeps the byte in range.
-    ((x * inv).round_ties_even() as i32).saturating_add(zero).clamp(0, ACTIVATION_MAX) as u8
+    // NaN and values beyond i32 become i32::MIN, as `vcvtps2dq` makes them (so every
+    // path gives byte 0 there); the clamp keeps the rest in range.
+    let v = (x * inv).round_ties_even();
+    let v = if (-2_147_483_648.0..2_147_483_648.0).contains(&v) { v as i32 } else { i32::MIN };
+    v.saturating_add(zero).clamp(0, ACTIVATION_MAX) as u8
 }
 
 /// `x` (`m × k`) quantised row by row into `cells` (`m × kp`, four bytes per cell, low
@@ -168,8 +173,9 @@ pub(crate) mod avx512 {
             let (mut lo, mut hi) = (_mm512_set1_ps(f32::INFINITY), _mm512_set1_ps(f32::NEG_INFINITY));
             for i in 0..blocks {
                 let v = load!(i);
-                lo = _mm512_min_ps(lo, v);
-                hi = _mm512_max_ps(hi, v);
+                // (NaN in `v` leaves the lane as it was, as f32::min and max do)
+                lo = _mm512_min_ps(v, lo);
+                hi = _mm512_max_ps(v, hi);
             }
             let (mut lo, mut hi) = (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
             for j in 16 * blocks..row.len() {
@@ -221,8 +227,9 @@ pub(crate) mod avx2 {
             let (mut lo, mut hi) = (_mm256_set1_ps(f32::INFINITY), _mm256_set1_ps(f32::NEG_INFINITY));
             for i in 0..blocks {
                 let v = load!(i);
-                lo = _mm256_min_ps(lo, v);
-                hi = _mm256_max_ps(hi, v);
+                // (NaN in `v` leaves the lane as it was, as f32::min and max do)
+                lo = _mm256_min_ps(v, lo);
+                hi = _mm256_max_ps(v, hi);
             }
             let (mut l, mut h) = ([0f32; 8], [0f32; 8]);
             _mm256_storeu_ps(l.as_mut_ptr(), lo);
@@ -271,6 +278,11 @@ mod tests {
             if m > 2 {
                 x[2 * k] = 40.0;
             }
+            // A NaN and an infinity: every path gives the same bytes for them too.
+            if m > 3 && k > 20 {
+                x[3 * k + 17] = f32::NAN;
+                x[3 * k + 3] = f32::INFINITY;
+            }
             let kp = k.div_ceil(4);
             let run = |fast| {
                 let (mut c, mut s, mut z) = (vec![u32::MAX; 3], vec![7.0; 1], vec![9; 1]);
@@ -292,9 +304,19 @@ mod tests {
                         (s, z) == (scale[r], zero[r]) && c[..] == cells[r * kp..(r + 1) * kp],
                         "{m}×{k} avx2 row {r}"
                     );
+                    // And smoothed, against the portable loop.
+                    let sm: Vec<f32> = (0..k).map(|j| 0.5 + (j % 5) as f32).collect();
+                    let (mut c2, mut c3) = (vec![0u32; kp], vec![0u32; kp]);
+                    // SAFETY: as above.
+                    let got = unsafe { avx2::quantize_row(&x[r * k..(r + 1) * k], Some(&sm), &mut c2) };
+                    let want = quantize_row(&x[r * k..(r + 1) * k], Some(&sm), &mut c3);
+                    assert!(got == want && c2 == c3, "{m}×{k} avx2 smoothed row {r}");
                 }
             }
             for r in 0..m {
+                if !x[r * k..(r + 1) * k].iter().all(|v| v.is_finite()) {
+                    continue;
+                }
                 for c in 0..kp {
                     for b in 0..4 {
                         let u = (cells[r * kp + c] >> (8 * b)) as u8;
@@ -332,12 +354,15 @@ mod tests {
             assert_eq!(weight_scale(0.0, wmax), 1.0);
             assert_eq!(quantize_weight(0.01, 1.0 / s, wmax), 0);
         }
-        assert_eq!(weight_max(), if crate::kernels::has_avx512_vnni() { 127.0 } else { 63.0 });
         // Activations use 8 bits, and a row's extremes reach both ends.
         let (scale, inv, zero) = row_params(-1.0, 3.0);
         assert_eq!((quantize_activation(-1.0, inv, zero), quantize_activation(3.0, inv, zero)), (0, 255));
         assert!((scale - 4.0 / 255.0).abs() < 1e-7 && zero == 64);
         assert_eq!(quantize_activation(3.5, inv, zero), 255, "beyond the row's range: clamped");
-        assert_eq!(quantize_activation(f32::NAN, inv, zero), 64);
+        assert_eq!(quantize_activation(f32::NAN, inv, zero), 0);
+        assert_eq!(quantize_activation(f32::INFINITY, inv, zero), 0);
+        // Ranges too small or too large for their reciprocal fall back to scale 1.
+        assert_eq!(row_params(0.0, 1e-38).0, 1.0);
+        assert!(row_params(-3e38, 3e38).0.is_finite());
     }
 }

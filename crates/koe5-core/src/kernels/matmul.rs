@@ -62,6 +62,9 @@ pub struct Packed {
     /// before it is quantised, `1 / s[k]`, its weight row having been multiplied by `s[k]`
     /// (see [`Packed::pack_smoothed`]).
     smooth_inv: Vec<f32>,
+    /// int8 only: the weights' largest magnitude (127 or 63, see [`int8::weight_max`]);
+    /// the AVX2 kernel takes only 63 or fewer (`vpmaddubsw` would saturate).
+    int8_max: i32,
 }
 
 impl Packed {
@@ -69,6 +72,12 @@ impl Packed {
     /// `None` when memory for the packed copy cannot be had (an error for the caller,
     /// not an abort: a load may run in the postmaster).
     pub fn pack(w: &[f32], k: usize, n: usize, precision: Precision) -> Option<Packed> {
+        Packed::pack_levels(w, k, n, precision, int8::weight_max())
+    }
+
+    /// [`Packed::pack`] with int8 weights in `-wmax..=wmax` (ignored for the other
+    /// precisions): 127 needs the VNNI kernel, 63 or fewer levels run on either.
+    pub(crate) fn pack_levels(w: &[f32], k: usize, n: usize, precision: Precision, wmax: f32) -> Option<Packed> {
         assert_eq!(w.len(), k * n);
         assert!(k > 0 && n > 0, "an empty weight matrix");
         let steps = match precision {
@@ -81,7 +90,6 @@ impl Packed {
         data.try_reserve_exact(panels * steps * NR).ok()?;
         data.resize(panels * steps * NR, 0u32);
         let (mut col_scale, mut col_sum) = (Vec::new(), Vec::new());
-        let wmax = int8::weight_max();
         if precision == Precision::Int8 {
             let blocks = steps.div_ceil(KC);
             col_scale.try_reserve_exact(n).ok()?;
@@ -125,7 +133,8 @@ impl Packed {
                 }
             }
         });
-        Some(Packed { k, n, precision, steps, data, col_scale, col_sum, smooth_inv: Vec::new() })
+        let int8_max = if precision == Precision::Int8 { wmax as i32 } else { 0 };
+        Some(Packed { k, n, precision, steps, data, col_scale, col_sum, smooth_inv: Vec::new(), int8_max })
     }
 
     /// Packs `w` in int8 with the inputs smoothed: channel `k` of the input is divided by
@@ -284,7 +293,10 @@ pub fn matmul(
     assert_eq!(bias.len(), w.n);
     assert!(residual.is_none_or(|r| r.len() == m * w.n));
     let fast = fast && has_fast_path(w.precision);
-    let vnni = has_avx512_vnni();
+    // 63 levels run on the AVX2 kernel wherever it exists (so that its test runs on
+    // VNNI machines too), more need VNNI (`Packed::pack` gives them only there).
+    let int8_avx2 = w.precision == Precision::Int8 && w.int8_max <= 63 && has_avx2_fma();
+    let fast = fast && (w.precision != Precision::Int8 || int8_avx2 || has_avx512_vnni());
     let a: &[u32] = match w.precision {
         Precision::Bf16 => {
             pack_rows(x, m, w.k, w.steps, fast, &mut scratch.cells);
@@ -359,8 +371,8 @@ pub fn matmul(
                                 match w.precision {
                                     Precision::Bf16 => avx512::block_bf16(&tile),
                                     Precision::F32 => avx512::block_f32(&tile),
-                                    Precision::Int8 if vnni => avx512::block_int8(&tile),
-                                    Precision::Int8 => avx2::block_int8(&tile),
+                                    Precision::Int8 if int8_avx2 => avx2::block_int8(&tile),
+                                    Precision::Int8 => avx512::block_int8(&tile),
                                 }
                             };
                         } else {
@@ -904,113 +916,133 @@ mod tests {
     #[test]
     fn int8_paths_match_exact_integer_sums() {
         use super::int8::{quantize_activation, quantize_weight, row_params, weight_max, weight_scale};
-        let wmax = weight_max();
-        for &(m, k, n) in
-            &[(1, 1, 1), (5, 7, 17), (13, 64, 32), (25, 33, 70), (100, 1030, 48), (97, 2100, 37), (7, 4099, 65)]
-        {
-            let (mut x, w, bias, res) = (matrix(m * k, 1), matrix(k * n, 2), matrix(n, 3), matrix(m * n, 4));
-            // An outlier and a row of zeros, as real activations have.
-            x[k / 2] = 25.0;
-            if m > 2 {
-                x[2 * k..3 * k].iter_mut().for_each(|v| *v = 0.0);
-            }
-            // The operands quantised as the kernels must: weights per column, inputs per row.
-            let col_scale: Vec<f32> =
-                (0..n).map(|j| weight_scale((0..k).map(|p| w[p * n + j].abs()).fold(0.0, f32::max), wmax)).collect();
-            let q: Vec<i64> = (0..k * n).map(|i| quantize_weight(w[i], 1.0 / col_scale[i % n], wmax) as i64).collect();
-            let mut exact = vec![0f64; m * n];
-            let mut magnitude = vec![0f64; m * n];
-            let mut bound = vec![0f64; m * n];
-            let mut true_sum = vec![0f64; m * n];
-            for i in 0..m {
-                let row = &x[i * k..(i + 1) * k];
-                let lo = row.iter().copied().fold(f32::INFINITY, f32::min);
-                let hi = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let (sa, inv, zero) = row_params(lo, hi);
-                let u: Vec<i64> = row.iter().map(|&v| quantize_activation(v, inv, zero) as i64 - zero as i64).collect();
-                for j in 0..n {
-                    let sum: i64 = (0..k).map(|p| u[p] * q[p * n + j]).sum();
-                    exact[i * n + j] = bias[j] as f64 + sum as f64 * sa as f64 * col_scale[j] as f64;
-                    let abs: i64 = (0..k).map(|p| (u[p] * q[p * n + j]).abs()).sum();
-                    magnitude[i * n + j] = abs as f64 * sa as f64 * col_scale[j] as f64;
-                    let (sa, sw) = (sa as f64, col_scale[j] as f64);
-                    bound[i * n + j] = (0..k)
-                        .map(|p| row[p].abs() as f64 * sw / 2.0 + w[p * n + j].abs() as f64 * sa / 2.0 + sa * sw / 4.0)
-                        .sum();
-                    true_sum[i * n + j] =
-                        bias[j] as f64 + (0..k).map(|p| row[p] as f64 * w[p * n + j] as f64).sum::<f64>();
+        // This CPU's levels, and 63 (the AVX2 kernel's) wherever it has AVX2.
+        let levels = if weight_max() > 63.0 { vec![weight_max(), 63.0] } else { vec![63.0] };
+        for wmax in levels {
+            for &(m, k, n) in
+                &[(1, 1, 1), (5, 7, 17), (13, 64, 32), (25, 33, 70), (100, 1030, 48), (97, 2100, 37), (7, 4099, 65)]
+            {
+                let (mut x, w, bias, res) = (matrix(m * k, 1), matrix(k * n, 2), matrix(n, 3), matrix(m * n, 4));
+                // An outlier and a row of zeros, as real activations have.
+                x[k / 2] = 25.0;
+                if m > 2 {
+                    x[2 * k..3 * k].iter_mut().for_each(|v| *v = 0.0);
                 }
-            }
-            let packed = Packed::pack(&w, k, n, Precision::Int8).unwrap();
-            // Smoothing by 1 everywhere changes nothing, to the bit.
-            let ones = Packed::pack_smoothed(&w, k, n, &vec![1.0; k]).unwrap();
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            matmul(&x, m, &packed, &bias, Epilogue::Bias, None, false, &mut a, &mut Scratch::default());
-            matmul(&x, m, &ones, &bias, Epilogue::Bias, None, false, &mut b, &mut Scratch::default());
-            assert!(a == b, "smoothing by 1");
-            // Smoothing by other factors keeps the product within the bound of the
-            // smoothed operands' quantisation.
-            let s: Vec<f32> = (0..k).map(|j| if j == k / 2 { 8.0 } else { 0.5 + (j % 3) as f32 * 0.25 }).collect();
-            let smoothed = Packed::pack_smoothed(&w, k, n, &s).unwrap();
-            let mut got = Vec::new();
-            matmul(
-                &x,
-                m,
-                &smoothed,
-                &bias,
-                Epilogue::Bias,
-                None,
-                has_fast_path(Precision::Int8),
-                &mut got,
-                &mut Scratch::default(),
-            );
-            for i in 0..m {
-                let xs: Vec<f64> = (0..k).map(|p| (x[i * k + p] / s[p]) as f64).collect();
-                let lo = xs.iter().copied().fold(0f64, f64::min);
-                let hi = xs.iter().copied().fold(0f64, f64::max);
-                let sa = (hi - lo) / super::int8::ACTIVATION_MAX as f64;
-                for j in 0..n {
-                    let sw = (0..k).map(|p| (w[p * n + j] * s[p]).abs() as f64).fold(0f64, f64::max) / wmax as f64;
-                    let bound: f64 = (0..k)
-                        .map(|p| xs[p].abs() * sw / 2.0 + (w[p * n + j] * s[p]).abs() as f64 * sa / 2.0 + sa * sw / 4.0)
-                        .sum::<f64>()
-                        + 1e-5 * (true_sum[i * n + j].abs() + 1.0);
-                    let e = (got[i * n + j] as f64 - true_sum[i * n + j]).abs();
-                    assert!(e <= bound, "smoothed {m}×{k}×{n} at ({i}, {j}): {e} > {bound}");
+                // The operands quantised as the kernels must: weights per column, inputs per row.
+                let col_scale: Vec<f32> = (0..n)
+                    .map(|j| weight_scale((0..k).map(|p| w[p * n + j].abs()).fold(0.0, f32::max), wmax))
+                    .collect();
+                let q: Vec<i64> =
+                    (0..k * n).map(|i| quantize_weight(w[i], 1.0 / col_scale[i % n], wmax) as i64).collect();
+                let mut exact = vec![0f64; m * n];
+                let mut magnitude = vec![0f64; m * n];
+                let mut bound = vec![0f64; m * n];
+                let mut true_sum = vec![0f64; m * n];
+                for i in 0..m {
+                    let row = &x[i * k..(i + 1) * k];
+                    let lo = row.iter().copied().fold(f32::INFINITY, f32::min);
+                    let hi = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let (sa, inv, zero) = row_params(lo, hi);
+                    let u: Vec<i64> =
+                        row.iter().map(|&v| quantize_activation(v, inv, zero) as i64 - zero as i64).collect();
+                    for j in 0..n {
+                        let sum: i64 = (0..k).map(|p| u[p] * q[p * n + j]).sum();
+                        exact[i * n + j] = bias[j] as f64 + sum as f64 * sa as f64 * col_scale[j] as f64;
+                        let abs: i64 = (0..k).map(|p| (u[p] * q[p * n + j]).abs()).sum();
+                        magnitude[i * n + j] = abs as f64 * sa as f64 * col_scale[j] as f64;
+                        let (sa, sw) = (sa as f64, col_scale[j] as f64);
+                        bound[i * n + j] = (0..k)
+                            .map(|p| {
+                                row[p].abs() as f64 * sw / 2.0 + w[p * n + j].abs() as f64 * sa / 2.0 + sa * sw / 4.0
+                            })
+                            .sum();
+                        true_sum[i * n + j] =
+                            bias[j] as f64 + (0..k).map(|p| row[p] as f64 * w[p * n + j] as f64).sum::<f64>();
+                    }
                 }
-            }
-            for fast in [false, true] {
-                if fast && !has_fast_path(Precision::Int8) {
-                    eprintln!("this CPU has neither AVX512-VNNI nor AVX2: only the portable int8 path is tested");
-                    continue;
-                }
-                let run = |epilogue, residual| {
-                    let mut out = Vec::new();
-                    matmul(&x, m, &packed, &bias, epilogue, residual, fast, &mut out, &mut Scratch::default());
-                    out
-                };
-                let got = run(Epilogue::Bias, None);
-                let mut out = vec![f32::NAN; m * n + 77];
-                let mut scratch =
-                    Scratch { cells: vec![u32::MAX; m * k], row_scale: vec![f32::NAN; 3], row_zero: vec![-9; m + 9] };
-                matmul(&x, m, &packed, &bias, Epilogue::Bias, None, fast, &mut out, &mut scratch);
-                assert!(out.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()) && out.len() == m * n);
-                let with_gelu = run(Epilogue::BiasGelu, None);
-                let with_res = run(Epilogue::Bias, Some(&res));
-                for (i, &e) in exact.iter().enumerate() {
-                    // The integer sums are exact; f32 rounds each pass's scaled sum (a
-                    // sum split into passes of KC steps) to 2^-24 of its size, at most
-                    // the size of all the products together, a few times.
-                    let tol = 1e-6 * (e.abs() + magnitude[i] + 1.0);
-                    let at = format!("int8 {m}×{k}×{n} fast={fast} at {i}");
-                    assert!((got[i] as f64 - e).abs() <= tol, "{at}: {} vs {e}", got[i]);
-                    assert!(
-                        (got[i] as f64 - true_sum[i]).abs() <= bound[i] + tol,
-                        "{at}: beyond the quantisation bound"
+                let packed = Packed::pack_levels(&w, k, n, Precision::Int8, wmax).unwrap();
+                // Smoothing (packed with this CPU's levels).
+                if wmax == weight_max() {
+                    // Smoothing by 1 everywhere changes nothing, to the bit.
+                    let ones = Packed::pack_smoothed(&w, k, n, &vec![1.0; k]).unwrap();
+                    let (mut a, mut b) = (Vec::new(), Vec::new());
+                    matmul(&x, m, &packed, &bias, Epilogue::Bias, None, false, &mut a, &mut Scratch::default());
+                    matmul(&x, m, &ones, &bias, Epilogue::Bias, None, false, &mut b, &mut Scratch::default());
+                    assert!(a == b, "smoothing by 1");
+                    // Smoothing by other factors keeps the product within the bound of the
+                    // smoothed operands' quantisation.
+                    let s: Vec<f32> =
+                        (0..k).map(|j| if j == k / 2 { 8.0 } else { 0.5 + (j % 3) as f32 * 0.25 }).collect();
+                    let smoothed = Packed::pack_smoothed(&w, k, n, &s).unwrap();
+                    let mut got = Vec::new();
+                    matmul(
+                        &x,
+                        m,
+                        &smoothed,
+                        &bias,
+                        Epilogue::Bias,
+                        None,
+                        has_fast_path(Precision::Int8),
+                        &mut got,
+                        &mut Scratch::default(),
                     );
-                    let want = 0.5 * e * (1.0 + exact_erf(e / std::f64::consts::SQRT_2));
-                    assert!((with_gelu[i] as f64 - want).abs() <= tol + 5e-7 * e.abs(), "gelu {at}");
-                    assert!((with_res[i] as f64 - e - res[i] as f64).abs() <= tol + 1e-7, "residual {at}");
+                    for i in 0..m {
+                        let xs: Vec<f64> = (0..k).map(|p| (x[i * k + p] / s[p]) as f64).collect();
+                        let lo = xs.iter().copied().fold(0f64, f64::min);
+                        let hi = xs.iter().copied().fold(0f64, f64::max);
+                        let sa = (hi - lo) / super::int8::ACTIVATION_MAX as f64;
+                        for j in 0..n {
+                            let sw =
+                                (0..k).map(|p| (w[p * n + j] * s[p]).abs() as f64).fold(0f64, f64::max) / wmax as f64;
+                            let bound: f64 = (0..k)
+                                .map(|p| {
+                                    xs[p].abs() * sw / 2.0
+                                        + (w[p * n + j] * s[p]).abs() as f64 * sa / 2.0
+                                        + sa * sw / 4.0
+                                })
+                                .sum::<f64>()
+                                + 1e-5 * (true_sum[i * n + j].abs() + 1.0);
+                            let e = (got[i * n + j] as f64 - true_sum[i * n + j]).abs();
+                            assert!(e <= bound, "smoothed {m}×{k}×{n} at ({i}, {j}): {e} > {bound}");
+                        }
+                    }
+                }
+                for fast in [false, true] {
+                    if fast && !has_fast_path(Precision::Int8) {
+                        eprintln!("this CPU has neither AVX512-VNNI nor AVX2: only the portable int8 path is tested");
+                        continue;
+                    }
+                    let run = |epilogue, residual| {
+                        let mut out = Vec::new();
+                        matmul(&x, m, &packed, &bias, epilogue, residual, fast, &mut out, &mut Scratch::default());
+                        out
+                    };
+                    let got = run(Epilogue::Bias, None);
+                    let mut out = vec![f32::NAN; m * n + 77];
+                    let mut scratch = Scratch {
+                        cells: vec![u32::MAX; m * k],
+                        row_scale: vec![f32::NAN; 3],
+                        row_zero: vec![-9; m + 9],
+                    };
+                    matmul(&x, m, &packed, &bias, Epilogue::Bias, None, fast, &mut out, &mut scratch);
+                    assert!(out.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()) && out.len() == m * n);
+                    let with_gelu = run(Epilogue::BiasGelu, None);
+                    let with_res = run(Epilogue::Bias, Some(&res));
+                    for (i, &e) in exact.iter().enumerate() {
+                        // The integer sums are exact; f32 rounds each pass's scaled sum (a
+                        // sum split into passes of KC steps) to 2^-24 of its size, at most
+                        // the size of all the products together, a few times.
+                        let tol = 1e-6 * (e.abs() + magnitude[i] + 1.0);
+                        let at = format!("int8 {m}×{k}×{n} fast={fast} at {i}");
+                        assert!((got[i] as f64 - e).abs() <= tol, "{at}: {} vs {e}", got[i]);
+                        assert!(
+                            (got[i] as f64 - true_sum[i]).abs() <= bound[i] + tol,
+                            "{at}: beyond the quantisation bound"
+                        );
+                        let want = 0.5 * e * (1.0 + exact_erf(e / std::f64::consts::SQRT_2));
+                        assert!((with_gelu[i] as f64 - want).abs() <= tol + 5e-7 * e.abs(), "gelu {at}");
+                        assert!((with_res[i] as f64 - e - res[i] as f64).abs() <= tol + 1e-7, "residual {at}");
+                    }
                 }
             }
         }
