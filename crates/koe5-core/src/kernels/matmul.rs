@@ -702,7 +702,8 @@ mod avx512 {
                     }
                 }
             }
-            let mut vals = [[_mm512_setzero_ps(); NV]; R];
+            // The values replace the sums in place: a fresh array for them would be
+            // zeroed by a call to memset on every tile (5% of a forward pass).
             for h in 0..NV {
                 let m = lane_mask(t.cols.saturating_sub(16 * h));
                 if m == 0 {
@@ -710,13 +711,15 @@ mod avx512 {
                 }
                 let col_scale = _mm512_maskz_loadu_ps(m, q.col_scale.as_ptr().add(16 * h));
                 let col_sum = _mm512_maskz_loadu_epi32(m, q.col_sum.as_ptr().add(16 * h));
-                for r in 0..R {
-                    let s = _mm512_sub_epi32(acc[r][h], _mm512_mullo_epi32(_mm512_set1_epi32(q.row_zero[r]), col_sum));
+                for (r, sums) in acc.iter_mut().enumerate() {
+                    let s = _mm512_sub_epi32(sums[h], _mm512_mullo_epi32(_mm512_set1_epi32(q.row_zero[r]), col_sum));
                     let scale = _mm512_mul_ps(_mm512_set1_ps(q.row_scale[r]), col_scale);
-                    vals[r][h] = _mm512_mul_ps(_mm512_cvtepi32_ps(s), scale);
+                    sums[h] = _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtepi32_ps(s), scale));
                 }
             }
-            store(t, &vals);
+            // `__m512i` and `__m512` have the same size and alignment; `store` reads
+            // only the lanes written above (columns < cols).
+            store(t, &*acc.as_ptr().cast::<[[__m512; NV]; R]>());
         }
     }
 
