@@ -495,7 +495,8 @@ def full_size_part(args, skip: set, corpus: dict, corpus_path: Path, passages: l
         f"Machine: {cpu_description()}, {os.cpu_count()} CPUs, {THREADS} threads for every "
         f"engine; Python {platform.python_version()}, torch {torch.__version__}. Corpus: bench/corpus.json, "
         f"{len(passages)} passages ({tokens} real tokens, 60–300 each), {len(queries)} queries (10–30 tokens). "
-        f"Model: random weights with KoE5's shape. Command: `python bench/run.py` "
+        f"Model: random weights with KoE5's shape. Command: `python bench/run.py"
+        f"{' --skip ' + args.skip if args.skip else ''}` "
         f"({time.strftime('%Y-%m-%d')}).",
         "",
         "## Ceilings",
@@ -601,6 +602,14 @@ def full_size_part(args, skip: set, corpus: dict, corpus_path: Path, passages: l
     others = [n for n in ["koe5 core f32", "koe5 core bf16"] if n in rows]
     best_other = max(others, key=tps)
     lines.append(target("koe5 f32 vs torch fp32", tps(f32name) / tps("sentence-transformers fp32"), 1.2))
+    auto = rows.get("koe5 core f32", {}).get("auto")
+    default = f"koe5 core {auto}"
+    if default in rows:
+        lines.append(f"- koe5's default on this CPU: `auto` = {auto} ({rows['koe5 core f32']['auto_why']})")
+        lines.append(target(f"koe5's default ({auto}) vs torch bf16", tps(default) / tps("sentence-transformers bf16"),
+                            1.5))
+        lines.append(target(f"koe5's default ({auto}) vs torch fp32", tps(default) / tps("sentence-transformers fp32"),
+                            1.2))
     if "koe5 core int8" in rows:
         if "ONNX Runtime int8" in rows:
             lines.append(target("koe5 int8 vs ONNX Runtime int8 (bulk)", tps("koe5 core int8") / tps("ONNX Runtime int8"),

@@ -74,6 +74,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "threads": threads,
             "precision": precision.name(),
             "batches": plan.len(),
+            // What `auto` (the default) resolves to on this CPU, and why.
+            "auto": Precision::auto_choice().0.name(),
+            "auto_why": Precision::auto_choice().1,
         })
     );
     Ok(())

@@ -154,11 +154,6 @@ impl Packed {
         Some(packed)
     }
 
-    /// The bytes the packed copy holds.
-    pub fn bytes(&self) -> usize {
-        (self.data.len() + self.col_scale.len() + self.col_sum.len() + self.smooth_inv.len()) * 4
-    }
-
     fn panel(&self, p: usize) -> &[u32] {
         &self.data[p * self.steps * NR..(p + 1) * self.steps * NR]
     }
