@@ -18,7 +18,6 @@ by tests/full_size/make_reranker.py (2.3 GB). Needs cargo and bench/requirements
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,19 +35,14 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from sentence_transformers import CrossEncoder  # noqa: E402
 
+import cpu  # noqa: E402  (bench/cpu.py)
+
 REPO = Path(__file__).resolve().parents[1]
 KOE5_HOME = Path(os.environ.get("KOE5_HOME", "/opt/koe5"))
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def make_inputs(model_dir: Path, n_queries: int, candidates: int, tokens: int) -> list[dict]:
@@ -130,9 +124,8 @@ def main() -> int:
         runs["sentence-transformers fp32"] = cross_encoder_run(model, inputs, bf16=False)
         log("sentence-transformers CrossEncoder bf16 (autocast)")
         runs["sentence-transformers bf16"] = cross_encoder_run(model, inputs, bf16=True)
-        # int8 where the CPU runs it at speed (AVX512-VNNI, or AVX2 and FMA); elsewhere it is refused.
-        flags = Path("/proc/cpuinfo").read_text().split()
-        int8 = ["int8"] if "avx512_vnni" in flags or ("avx2" in flags and "fma" in flags) else []
+        # int8 where the CPU runs one of its kernels (VNNI or AVX2); elsewhere it is refused.
+        int8 = ["int8"] if cpu.int8_kernel() != "portable" else []
         for precision in ["f32", "bf16", *int8]:
             log(f"koe5 core {precision}")
             runs[f"koe5 core {precision}"] = koe5_run(model, input_file, precision, tmp)
@@ -144,7 +137,7 @@ def main() -> int:
     lines = [
         "# Reranking benchmark",
         "",
-        f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, {os.cpu_count()} CPUs, {THREADS} threads per engine; "
+        f"{time.strftime('%Y-%m-%d')}, {cpu.description()}, {os.cpu_count()} CPUs, {THREADS} threads per engine; "
         f"sentence-transformers {sentence_transformers.__version__}, transformers {transformers.__version__}, "
         f"torch {torch.__version__}.",
         "",

@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sentence_transformers import SentenceTransformer  # noqa: E402
 
+import cpu  # noqa: E402  (bench/cpu.py)
 import evalset  # noqa: E402  (bench/evalset.py)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,16 +59,6 @@ def matmul_ceiling(dtype: torch.dtype, m: int = 2048, k: int = 1024, n: int = 40
     for _ in range(reps):
         torch.matmul(a, b)
     return 2 * m * k * n * reps / (time.perf_counter() - t) / 1e9
-
-
-def cpu_description() -> str:
-    """lscpu's model name and the vector-instruction flags that decide koe5's kernels."""
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    model = fields.get("Model name", platform.processor() or platform.machine()).strip()
-    flags = set(fields.get("Flags", "").split())
-    wanted = ["avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_int8"]
-    return f"{model} ({', '.join(f for f in wanted if f in flags) or 'no AVX-512'})"
 
 
 def cargo_example(name: str, args: list[str], env: dict | None = None) -> dict:
@@ -143,13 +134,9 @@ def onnx_run(model_dir: str, onnx_file: Path, passages: list[str], queries: list
     return {"passage_s": passage_s, **res, "vectors": np.asarray(out, dtype=np.float32)}
 
 
-def has_vnni() -> bool:
-    return "avx512_vnni" in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.split()
-
-
 def koe5_core_run(model_dir: str, corpus: Path, n_passages: int, dim: int, precision: str) -> dict:
-    """koe5's core on the corpus. int8 on a CPU without AVX512-VNNI runs the portable
-    loop (KOE5_INT8_PORTABLE): its accuracy is int8's, its speed is not (the tables say so)."""
+    """koe5's core on the corpus. int8 on a CPU with neither AVX512-VNNI nor AVX2 runs the
+    portable loop (KOE5_INT8_PORTABLE): its accuracy is int8's, its speed is not (the tables say so)."""
     out = REPO / "target" / f"bench-core-vectors-{precision}.f32"
     env = dict(os.environ, KOE5_PRECISION=precision, KOE5_INT8_PORTABLE="1")
     res = cargo_example("bench_core", [model_dir, str(corpus), str(out)], env)
@@ -377,7 +364,8 @@ def real_weights_part(model_dir: str, onnx_dir: str, passages: list[str], querie
                                      [f"query: {q['question']}" for q in questions], ensure_ascii=False))
     for p in ["f32", "bf16", "int8"]:
         log(f"real weights: koe5 core {p}")
-        name = f"koe5 core {p}" + (" (portable loop: no VNNI here)" if p == "int8" and not has_vnni() else "")
+        kernel = cpu.int8_kernel()
+        name = f"koe5 core {p}" + (f" ({kernel} kernel)" if p == "int8" and kernel != "VNNI" else "")
         rows[name] = koe5_core_run(model_dir, corpus_path, len(passages), 384, p)
 
         def koe5_vectors(texts, p=p):
@@ -462,8 +450,8 @@ def full_size_part(args, skip: set, corpus: dict, corpus_path: Path, passages: l
         log("ONNX Runtime int8")
         rows["ONNX Runtime int8"] = onnx_run(args.model, Path(args.onnx_dir) / "model-int8.onnx", passages, queries)
     core = {}
-    # int8's speed means something only on its VNNI kernel.
-    for p in ["f32", "bf16"] + (["int8"] if has_vnni() else []):
+    # int8's speed means something only on one of its kernels (VNNI or AVX2), not on the portable loop.
+    for p in ["f32", "bf16"] + (["int8"] if cpu.int8_kernel() != "portable" else []):
         log(f"koe5 core {p}")
         core[p] = rows[f"koe5 core {p}"] = koe5_core_run(args.model, corpus_path, len(passages), ref.shape[1], p)
     memory, sessions, failure = {}, [], None
@@ -492,7 +480,7 @@ def full_size_part(args, skip: set, corpus: dict, corpus_path: Path, passages: l
     lines = [
         "# koe5 benchmark results",
         "",
-        f"Machine: {cpu_description()}, {os.cpu_count()} CPUs, {THREADS} threads for every "
+        f"Machine: {cpu.description()}, {os.cpu_count()} CPUs, {THREADS} threads for every "
         f"engine; Python {platform.python_version()}, torch {torch.__version__}. Corpus: bench/corpus.json, "
         f"{len(passages)} passages ({tokens} real tokens, 60–300 each), {len(queries)} queries (10–30 tokens). "
         f"Model: random weights with KoE5's shape. Command: `python bench/run.py"
@@ -647,7 +635,7 @@ def main() -> int:
         lines = full_size_part(args, skip, corpus, corpus_path, passages, queries, tokens)
     else:
         lines = ["# koe5 benchmark results", "",
-                 f"Machine: {cpu_description()}, {os.cpu_count()} CPUs, {THREADS} threads "
+                 f"Machine: {cpu.description()}, {os.cpu_count()} CPUs, {THREADS} threads "
                  f"for every engine; Python {platform.python_version()}, torch {torch.__version__}. Corpus: "
                  f"bench/corpus.json, {len(passages)} passages ({tokens} real tokens). Command: `python bench/run.py "
                  f"--skip {args.skip}` ({time.strftime('%Y-%m-%d')})."]
