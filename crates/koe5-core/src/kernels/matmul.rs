@@ -697,8 +697,9 @@ mod avx512 {
                     }
                 }
             }
-            // The values replace the sums in place: a fresh array for them would be
-            // zeroed by a call to memset on every tile (5% of a forward pass).
+            // The values replace the sums in place: a fresh array for them was zeroed
+            // by a call to memset on every tile (`perf record` of an int8 forward pass:
+            // memset 5.5% before, 2.6% after).
             for h in 0..NV {
                 let m = lane_mask(t.cols.saturating_sub(16 * h));
                 if m == 0 {
