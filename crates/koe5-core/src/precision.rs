@@ -29,8 +29,9 @@ impl Precision {
 
     /// What `auto` chooses on this CPU, and why. Decided by a table of what was
     /// measured per CPU family with koe5's kernels (README, Precision), not by the
-    /// bf16 instructions alone: on Intel Xeons with AVX512-BF16 `vdpbf16ps` does only
-    /// 1.3× the work of an f32 FMA, and bf16 ran 1.3–1.6× slower than f32 end to end.
+    /// bf16 instructions alone: on the Intel Xeons measured (with AVX512-BF16)
+    /// `vdpbf16ps` does 0.5–1.3× the work of an f32 FMA, and bf16 ran 1.3–1.7× slower
+    /// than f32 end to end.
     /// The same CPU always gets the same answer.
     pub fn auto_choice() -> (Precision, &'static str) {
         // Asked on every embedding call: CPUID (a trap to the hypervisor in a VM) once.
@@ -47,7 +48,7 @@ impl Precision {
             ),
             (true, "GenuineIntel") => (
                 Precision::F32,
-                "Intel with AVX512-BF16: vdpbf16ps does only 1.3x the work of an f32 FMA, bf16 measured 1.3-1.6x slower than f32 (Xeon)",
+                "Intel with AVX512-BF16: vdpbf16ps does 0.5-1.3x the work of an f32 FMA, bf16 measured 1.3-1.7x slower than f32 (Xeon)",
             ),
             (true, _) => (Precision::F32, "a CPU koe5 has no measurements for: f32, the exact one"),
         }
