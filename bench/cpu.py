@@ -17,10 +17,14 @@ def flags() -> set[str]:
 
 
 def description() -> str:
-    """lscpu's model name and the vector-instruction flags that decide koe5's kernels."""
-    model = _lscpu().get("Model name") or platform.processor() or platform.machine()
+    """lscpu's model name, family and model (a VM often names only "Intel(R) Xeon(R)
+    Processor": the numbers tell the microarchitecture) and the vector-instruction flags
+    that decide koe5's kernels."""
+    info = _lscpu()
+    model = info.get("Model name") or platform.processor() or platform.machine()
+    ident = ", ".join(f"{k.lower()} {info[k]}" for k in ("Vendor ID", "CPU family", "Model") if info.get(k))
     wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_int8"]
-    return f"{model} ({', '.join(f for f in wanted if f in flags())})"
+    return f"{model} [{ident}] ({', '.join(f for f in wanted if f in flags())})"
 
 
 def int8_kernel() -> str:
