@@ -943,6 +943,24 @@ mod tests {
         }
         out
     }
+    /// `matmul_tuned` into a fresh output and scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        x: &[f32],
+        m: usize,
+        packed: &Packed,
+        bias: &[f32],
+        epilogue: Epilogue,
+        residual: Option<&[f32]>,
+        fast: bool,
+        prefetch: bool,
+    ) -> Vec<f32> {
+        let mut out = Vec::new();
+        let tuning = Tuning { prefetch };
+        matmul_tuned(x, m, packed, bias, epilogue, residual, fast, tuning, &mut out, &mut Scratch::default());
+        out
+    }
+
     #[test]
     fn tuning_follows_the_cpu_vendor_and_never_varies() {
         assert!(Tuning::for_vendor("GenuineIntel").prefetch);
@@ -967,22 +985,7 @@ mod tests {
                         eprintln!("this CPU has no fast path for {precision:?}: only the portable one is tested");
                         continue;
                     }
-                    let run = |epilogue, residual| {
-                        let mut out = Vec::new();
-                        matmul_tuned(
-                            &x,
-                            m,
-                            &packed,
-                            &bias,
-                            epilogue,
-                            residual,
-                            fast,
-                            Tuning { prefetch },
-                            &mut out,
-                            &mut Scratch::default(),
-                        );
-                        out
-                    };
+                    let run = |epilogue, residual| product(&x, m, &packed, &bias, epilogue, residual, fast, prefetch);
                     let got = run(Epilogue::Bias, None);
                     // Into buffers that hold garbage from earlier use, as an encoder's
                     // do: every cell is written, nothing stale survives.
@@ -1142,22 +1145,7 @@ mod tests {
                         eprintln!("this CPU has neither AVX512-VNNI nor AVX2: only the portable int8 path is tested");
                         continue;
                     }
-                    let run = |epilogue, residual| {
-                        let mut out = Vec::new();
-                        matmul_tuned(
-                            &x,
-                            m,
-                            &packed,
-                            &bias,
-                            epilogue,
-                            residual,
-                            fast,
-                            Tuning { prefetch },
-                            &mut out,
-                            &mut Scratch::default(),
-                        );
-                        out
-                    };
+                    let run = |epilogue, residual| product(&x, m, &packed, &bias, epilogue, residual, fast, prefetch);
                     let got = run(Epilogue::Bias, None);
                     let mut out = vec![f32::NAN; m * n + 77];
                     let mut scratch = Scratch {
