@@ -991,18 +991,8 @@ mod tests {
                     // do: every cell is written, nothing stale survives.
                     let mut out = vec![f32::NAN; m * n + 77];
                     let mut scratch = Scratch { cells: vec![u32::MAX; m * k + 77], ..Default::default() };
-                    matmul_tuned(
-                        &x,
-                        m,
-                        &packed,
-                        &bias,
-                        Epilogue::Bias,
-                        None,
-                        fast,
-                        Tuning { prefetch },
-                        &mut out,
-                        &mut scratch,
-                    );
+                    let tuning = Tuning { prefetch };
+                    matmul_tuned(&x, m, &packed, &bias, Epilogue::Bias, None, fast, tuning, &mut out, &mut scratch);
                     assert!(out.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()) && out.len() == m * n);
                     let with_gelu = run(Epilogue::BiasGelu, None);
                     let with_res = run(Epilogue::Bias, Some(&res));
@@ -1153,18 +1143,8 @@ mod tests {
                         row_scale: vec![f32::NAN; 3],
                         row_zero: vec![-9; m + 9],
                     };
-                    matmul_tuned(
-                        &x,
-                        m,
-                        &packed,
-                        &bias,
-                        Epilogue::Bias,
-                        None,
-                        fast,
-                        Tuning { prefetch },
-                        &mut out,
-                        &mut scratch,
-                    );
+                    let tuning = Tuning { prefetch };
+                    matmul_tuned(&x, m, &packed, &bias, Epilogue::Bias, None, fast, tuning, &mut out, &mut scratch);
                     assert!(out.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()) && out.len() == m * n);
                     let with_gelu = run(Epilogue::BiasGelu, None);
                     let with_res = run(Epilogue::Bias, Some(&res));
