@@ -15,11 +15,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import run  # noqa: E402  (bench/run.py: its torch embedder and settings)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = run.REPO
 
 
 def main() -> int:

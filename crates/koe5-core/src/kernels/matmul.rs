@@ -44,7 +44,7 @@ const MC: usize = 96;
 
 /// What the kernels do differently per microarchitecture, detected at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tuning {
+pub(crate) struct Tuning {
     /// Prefetch the weight panel `AHEAD` steps ahead of the sums, and each tile's output
     /// cells before its sums. On an Intel Xeon (Emerald Rapids) the hardware prefetchers
     /// left the kernels waiting on the panel's lines from L2 (by `perf record`, the
@@ -53,7 +53,7 @@ pub struct Tuning {
     /// 310–363 tokens/s in f32, 758–873 to 1,014–1,033 in int8 (README, Performance).
     /// On for every Intel CPU, measured on that one. On AMD Zen 5 the kernels ran at
     /// 84–94% of their peaks without it, and it stays off there (not measured with it).
-    pub prefetch: bool,
+    pub(crate) prefetch: bool,
 }
 
 /// Steps of the inner dimension between the line a kernel prefetches and the one it
@@ -63,7 +63,7 @@ const AHEAD: usize = 8;
 
 impl Tuning {
     /// This CPU's tuning: the same answer every time.
-    pub fn for_cpu() -> Tuning {
+    pub(crate) fn for_cpu() -> Tuning {
         static T: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
         *T.get_or_init(|| Tuning::for_vendor(&super::cpu::cpu_vendor()))
     }
