@@ -114,7 +114,12 @@ pub(crate) mod avx512 {
     pub(crate) fn gelu16(x: __m512) -> __m512 {
         let u = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
         let z = _mm512_abs_ps(u);
-        let t = _mm512_div_ps(_mm512_set1_ps(1.0), _mm512_fmadd_ps(_mm512_set1_ps(ERF_P), z, _mm512_set1_ps(1.0)));
+        // t = 1 / d with d ≥ 1: the 14-bit reciprocal and one Newton step (t·(2 − d·t),
+        // relative error about 2^-27) in place of a division, which on 512-bit registers
+        // takes a Zen 4 several times as long.
+        let d = _mm512_fmadd_ps(_mm512_set1_ps(ERF_P), z, _mm512_set1_ps(1.0));
+        let t0 = _mm512_rcp14_ps(d);
+        let t = _mm512_mul_ps(t0, _mm512_fnmadd_ps(d, t0, _mm512_set1_ps(2.0)));
         let mut poly = _mm512_set1_ps(ERF_A[4]);
         for c in [ERF_A[3], ERF_A[2], ERF_A[1], ERF_A[0]] {
             poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(c));
@@ -254,5 +259,38 @@ mod tests {
             }
         }
         assert!((gelu(-3.0) + 0.004_049_7).abs() < 1e-6);
+    }
+
+    /// The 16-lane GELU the kernels fuse (its reciprocal by `vrcp14ps` and a Newton step)
+    /// and its e^x, against the scalar forms, over the same range as the 8-lane ones.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_gelu_and_exp_match_the_scalar_ones() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("this CPU has no AVX512F: the 16-lane forms are not tested");
+            return;
+        }
+        use std::arch::x86_64::*;
+        for i in (-90_000..=10_000).step_by(16) {
+            let xs: [f32; 16] = std::array::from_fn(|l| (i + l as i32) as f32 / 1000.0);
+            let (mut e, mut g) = ([0f32; 16], [0f32; 16]);
+            // SAFETY: the CPU has AVX512F (checked above); 16 floats each.
+            unsafe {
+                let x = _mm512_loadu_ps(xs.as_ptr());
+                _mm512_storeu_ps(e.as_mut_ptr(), avx512::exp_neg16(_mm512_min_ps(x, _mm512_setzero_ps())));
+                _mm512_storeu_ps(g.as_mut_ptr(), avx512::gelu16(x));
+            }
+            for l in 0..16 {
+                let x = xs[l];
+                let want = (x.min(0.0) as f64).exp();
+                if x > -87.0 {
+                    assert!(((e[l] as f64 - want) / want).abs() < 4e-7, "exp16({x}) = {} vs {want}", e[l]);
+                }
+                if x.abs() <= 8.0 {
+                    let want = gelu(x);
+                    assert!((g[l] - want).abs() <= 1e-6 * want.abs().max(1.0), "gelu16({x}) = {} vs {want}", g[l]);
+                }
+            }
+        }
     }
 }
