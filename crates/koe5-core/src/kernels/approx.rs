@@ -235,28 +235,14 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             use std::arch::x86_64::*;
-            for i in (-90_000..=10_000).step_by(8) {
-                let xs: [f32; 8] = std::array::from_fn(|l| (i + l as i32) as f32 / 1000.0);
-                let (mut e, mut g) = ([0f32; 8], [0f32; 8]);
+            lanes_match_the_scalar_forms::<8>("8", |xs, e, g| {
                 // SAFETY: the CPU has AVX2 and FMA (checked above); 8 floats each.
                 unsafe {
                     let x = _mm256_loadu_ps(xs.as_ptr());
                     _mm256_storeu_ps(e.as_mut_ptr(), avx2::exp_neg8(_mm256_min_ps(x, _mm256_setzero_ps())));
                     _mm256_storeu_ps(g.as_mut_ptr(), avx2::gelu8(x));
                 }
-                for l in 0..8 {
-                    let x = xs[l];
-                    let want = (x.min(0.0) as f64).exp();
-                    if x > -87.0 {
-                        assert!(((e[l] as f64 - want) / want).abs() < 4e-7, "exp8({x}) = {} vs {want}", e[l]);
-                    }
-                    if x.abs() <= 8.0 {
-                        // The scalar gelu takes libm's e^x, the lanes the polynomial's.
-                        let want = gelu(x);
-                        assert!((g[l] - want).abs() <= 1e-6 * want.abs().max(1.0), "gelu8({x}) = {} vs {want}", g[l]);
-                    }
-                }
-            }
+            });
         }
         assert!((gelu(-3.0) + 0.004_049_7).abs() < 1e-6);
     }
@@ -271,24 +257,37 @@ mod tests {
             return;
         }
         use std::arch::x86_64::*;
-        for i in (-90_000..=10_000).step_by(16) {
-            let xs: [f32; 16] = std::array::from_fn(|l| (i + l as i32) as f32 / 1000.0);
-            let (mut e, mut g) = ([0f32; 16], [0f32; 16]);
+        lanes_match_the_scalar_forms::<16>("16", |xs, e, g| {
             // SAFETY: the CPU has AVX512F (checked above); 16 floats each.
             unsafe {
                 let x = _mm512_loadu_ps(xs.as_ptr());
                 _mm512_storeu_ps(e.as_mut_ptr(), avx512::exp_neg16(_mm512_min_ps(x, _mm512_setzero_ps())));
                 _mm512_storeu_ps(g.as_mut_ptr(), avx512::gelu16(x));
             }
-            for l in 0..16 {
+        });
+    }
+
+    /// `lanes(xs, e, g)` puts e^min(x, 0) and GELU of `L` inputs into `e` and `g`; checked
+    /// against the scalar forms from −90 to 10 (the scalar gelu takes libm's e^x, the
+    /// lanes the polynomial's).
+    #[cfg(target_arch = "x86_64")]
+    fn lanes_match_the_scalar_forms<const L: usize>(
+        name: &str,
+        lanes: impl Fn(&[f32; L], &mut [f32; L], &mut [f32; L]),
+    ) {
+        for i in (-90_000..=10_000).step_by(L) {
+            let xs: [f32; L] = std::array::from_fn(|l| (i + l as i32) as f32 / 1000.0);
+            let (mut e, mut g) = ([0f32; L], [0f32; L]);
+            lanes(&xs, &mut e, &mut g);
+            for l in 0..L {
                 let x = xs[l];
                 let want = (x.min(0.0) as f64).exp();
                 if x > -87.0 {
-                    assert!(((e[l] as f64 - want) / want).abs() < 4e-7, "exp16({x}) = {} vs {want}", e[l]);
+                    assert!(((e[l] as f64 - want) / want).abs() < 4e-7, "exp{name}({x}) = {} vs {want}", e[l]);
                 }
                 if x.abs() <= 8.0 {
                     let want = gelu(x);
-                    assert!((g[l] - want).abs() <= 1e-6 * want.abs().max(1.0), "gelu16({x}) = {} vs {want}", g[l]);
+                    assert!((g[l] - want).abs() <= 1e-6 * want.abs().max(1.0), "gelu{name}({x}) = {} vs {want}", g[l]);
                 }
             }
         }
